@@ -1,0 +1,1 @@
+"""CLI subcommands, one module per feature; registered in edgeai/cli.py."""

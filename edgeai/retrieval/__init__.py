@@ -1,0 +1,1 @@
+"""Local retrieval: embeddings, a persistent HNSW index, document loading and chunking, RAG."""
