@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 
 extra = []
 if sys.platform != "win32":
-    extra = ["-O3", "-fvisibility=hidden"]
+    extra = ["-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fno-trapping-math"]
 
 core = Pybind11Extension(
     "edgeai._core",

@@ -10,6 +10,8 @@ import sys
 # (module, attribute) pairs; each module's add_parser registers one or more subcommands.
 _COMMANDS = [
     "edgeai.commands.sample",
+    "edgeai.commands.models",
+    "edgeai.commands.retrieval",
 ]
 
 

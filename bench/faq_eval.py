@@ -1,0 +1,109 @@
+"""Retrieval quality on a real FAQ: the Debian FAQ (HTML from the `debian-faq` package) and hand-written,
+paraphrased questions (bench/data/debian_faq_questions.json), each labelled with the FAQ section answering it.
+
+For each question the top chunks are mapped to their deepest numbered heading ("7.12"); a hit is that section
+or one of its subsections. Reports recall@1, recall@5 and MRR (over the first 20 distinct sections).
+
+  python bench/faq_eval.py --model minilm-l6 [--quant fp32 q8] [--faq-dir DIR]
+
+Without --faq-dir the package is fetched with `apt-get download debian-faq` and unpacked with dpkg -x into
+<cache>/bench/debian-faq (outside the repository).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+QUESTIONS = ROOT / "bench" / "data" / "debian_faq_questions.json"
+
+
+def fetch_debian_faq(cache: Path) -> Path:
+    target = cache / "debian-faq"
+    html = target / "usr" / "share" / "doc" / "debian" / "FAQ"
+    if not html.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as td:
+            subprocess.run(["apt-get", "download", "debian-faq"], cwd=td, check=True, capture_output=True)
+            deb = next(Path(td).glob("debian-faq_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(target)], check=True)
+    return html
+
+
+def section_number(section) -> str | None:
+    for title in reversed(list(section)):
+        m = re.match(r"(\d+(?:\.\d+)+)\.?\s", title + " ")
+        if m:
+            return m.group(1)
+    return None
+
+
+def evaluate(model: str, quant: str, faq_html: Path, questions: list, k_chunks: int = 20) -> dict:
+    from edgeai.retrieval.embedder import Embedder
+    from edgeai.retrieval.index import VectorIndex
+    from edgeai.retrieval.rag import RAG
+
+    emb = Embedder(model, quant=quant)
+    files = sorted(faq_html.glob("*.en.html"))  # the *.html copies are the same pages
+    with tempfile.TemporaryDirectory() as td:
+        rag = RAG(None, emb, VectorIndex(emb.dims, capacity=4096))
+        t = time.perf_counter()
+        stats = rag.add(files, show_progress=False)
+        index_s = time.perf_counter() - t
+        ranks, lat = [], []
+        for item in questions:
+            t = time.perf_counter()
+            got = rag.retrieve(item["q"], k=k_chunks)
+            lat.append(time.perf_counter() - t)
+            seen = []
+            for chunk, _ in got:
+                s = section_number(chunk["section"])
+                if s and s not in seen:
+                    seen.append(s)
+            want = item["section"]
+            rank = next((i + 1 for i, s in enumerate(seen) if s == want or s.startswith(want + ".")), None)
+            ranks.append(rank)
+        del td
+    n = len(ranks)
+    return {"model": str(model), "quant": emb.quant, "questions": n, "files": stats["added"],
+            "chunks": stats["chunks"], "index_seconds": round(index_s, 2),
+            "recall@1": round(sum(1 for r in ranks if r == 1) / n, 3),
+            "recall@5": round(sum(1 for r in ranks if r and r <= 5) / n, 3),
+            "mrr": round(sum(1 / r for r in ranks if r) / n, 3),
+            "query_ms_median": round(1000 * sorted(lat)[n // 2], 2),
+            "misses": [q["q"] for q, r in zip(questions, ranks) if not r or r > 5]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--quant", nargs="*", default=[None], help="model variants to compare (default: manifest's)")
+    ap.add_argument("--faq-dir", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = ap.parse_args(argv)
+    if args.faq_dir is None:
+        from edgeai.paths import cache_dir
+        args.faq_dir = fetch_debian_faq(args.cache or cache_dir() / "bench")
+    questions = json.loads(QUESTIONS.read_text())["questions"]
+    results = [evaluate(args.model, q, args.faq_dir, questions) for q in args.quant]
+    print(f"{'quant':6} {'chunks':>6} {'index s':>8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'query ms':>9}")
+    for r in results:
+        print(f"{r['quant']:6} {r['chunks']:6d} {r['index_seconds']:8.2f} {r['recall@1']:6.3f} "
+              f"{r['recall@5']:6.3f} {r['mrr']:6.3f} {r['query_ms_median']:9.2f}")
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

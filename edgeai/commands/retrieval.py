@@ -1,0 +1,88 @@
+"""`edgeai index PATH...` and `edgeai ask "question"`: local retrieval from the command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _default_index() -> Path:
+    from edgeai.paths import cache_dir
+    return cache_dir() / "index" / "default"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("index", help="index documents (.txt .md .rst .html, folders) for `edgeai ask`")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    p.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/index/default)")
+    p.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
+    p.set_defaults(func=cmd_index)
+
+    a = sub.add_parser("ask", help="answer a question from indexed documents")
+    a.add_argument("question")
+    a.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/index/default)")
+    a.add_argument("--docs", nargs="*", default=None, help="index these files/folders first")
+    a.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
+    a.add_argument("--llm", default="smollm2-135m", help="language model name or folder")
+    a.add_argument("-k", type=int, default=4, help="number of sources to retrieve")
+    a.add_argument("--max-new-tokens", type=int, default=384)
+    a.add_argument("--sources-only", action="store_true", help="print the retrieved sources, no LLM")
+    a.set_defaults(func=cmd_ask)
+
+
+def _open(args, llm=None):
+    from edgeai.retrieval.embedder import DEFAULT_MODEL, Embedder
+    from edgeai.retrieval.rag import RAG
+    folder = args.index or _default_index()
+    return RAG(llm, Embedder(args.model or DEFAULT_MODEL), folder), folder
+
+
+def _print_stats(stats, folder) -> None:
+    print(f"indexed {stats['added']} new, {stats['updated']} changed, {stats['unchanged']} unchanged files "
+          f"({stats['chunks']} chunks) -> {folder}", file=sys.stderr)
+
+
+def cmd_index(args) -> int:
+    rag, folder = _open(args)
+    _print_stats(rag.add(args.paths, show_progress=True), folder)
+    return 0
+
+
+def _load_llm(name):
+    try:
+        from edgeai import LLM
+    except (ImportError, AttributeError) as exc:
+        return None, f"the language model runtime is not available ({exc})"
+    try:
+        return LLM(name), None
+    except Exception as exc:  # noqa: BLE001 - still show the sources, say why there is no answer
+        return None, f"could not load language model {name!r}: {exc}"
+
+
+def cmd_ask(args) -> int:
+    rag, folder = _open(args)
+    if args.docs:
+        _print_stats(rag.add(args.docs, show_progress=True), folder)
+    elif rag.store.count() == 0:
+        from edgeai.retrieval.pydoc_corpus import build_corpus
+        corpus = build_corpus()
+        print(f"nothing indexed yet: indexing the Python standard library docs ({corpus})", file=sys.stderr)
+        _print_stats(rag.add([corpus], show_progress=True), folder)
+
+    llm, why = (None, "--sources-only") if args.sources_only else _load_llm(args.llm)
+    if llm is None:
+        retrieved = rag.retrieve(args.question, k=args.k)
+        print(f"No answer generated: {why}. Retrieved sources:")
+        for n, (chunk, score) in enumerate(retrieved, 1):
+            section = " > ".join(chunk["section"])
+            print(f"\n[{n}] {chunk['path']}" + (f" | {section}" if section else "") + f"  (score {score:.3f})")
+            print("    " + chunk["text"][:400].replace("\n", "\n    "))
+        return 0 if args.sources_only else 1
+    rag.llm = llm
+    answer = rag.ask(args.question, k=args.k, stream=True, max_new_tokens=args.max_new_tokens)
+    for piece in answer:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print("\n\nSources:")
+    for n, path, section, score in answer.sources:
+        print(f"  [{n}] {path}" + (f" | {section}" if section else "") + f"  ({score:.3f})")
+    return 0

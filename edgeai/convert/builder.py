@@ -1,0 +1,286 @@
+"""Build an ONNX decoder graph (with KV cache) from a `SourceModel`, using ORT's fused CPU contrib ops.
+
+Graph I/O contract (the C++ decode engine and the evaluators depend on it; `graph_info` restates it):
+
+  inputs
+    input_ids              int64   [batch, seq]
+    seqlens_k              int32   [batch]   total tokens in the cache AFTER this step, minus 1
+    total_sequence_length  int32   [1]       max over the batch of (past + seq)
+    past_key_{i}           float32 [batch, kv_heads, past_seq, head_dim]   i = 0..num_layers-1
+    past_value_{i}         float32 [batch, kv_heads, past_seq, head_dim]
+  outputs
+    logits                 float32 [batch, 1, vocab]  (last position only) or [batch, seq, vocab] (all_logits)
+    present_key_{i}        float32 [batch, kv_heads, present_seq, head_dim]
+    present_value_{i}      float32 [batch, kv_heads, present_seq, head_dim]
+
+  The engine allocates past buffers of `max_seq_len` and binds past_* and present_* to the SAME buffer;
+  GroupQueryAttention then writes the new keys/values in place at positions seqlens_k+1-seq .. seqlens_k
+  and present_seq == past_seq. Unshared buffers also work (present_seq = max(past_seq, total)).
+  Positions for RoPE come from seqlens_k (past length = seqlens_k + 1 - seq), so one graph serves
+  prefill from an empty cache, a multi-token continuation on top of a cached prefix, and 1-token decode.
+  Limit (ORT 1.32 CPU GQA): a multi-token continuation on a non-empty cache needs batch == 1.
+
+Per layer (fused ops keep the node count low, which matters for 1-token decode latency):
+  SkipSimplifiedLayerNorm -> one q/k/v projection -> GroupQueryAttention (RoPE inside, cos/sin caches
+  as initializers, packed QKV) -> o_proj -> SkipSimplifiedLayerNorm -> one gate/up projection -> Split
+  -> x*sigmoid(x)*up -> down_proj.
+Projections are MatMul (fp32) or MatMulNBits (q4/q8, see quantize.py); GGUF Q4_1 weights add an exact
+"mins" term  sum_b m_b * sum(x_b)  (Reshape + ReduceSum + small MatMul). Quantized embeddings stay 8-bit:
+only the gathered rows are dequantized, and a tied LM head reuses the same initializers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .quantize import NBitsWeight, embedding_q8, from_block_quantized, map_group, map_linear
+from .weights import BlockQuantized, SourceModel, as_float
+
+OPSET = 17
+MS = "com.microsoft"
+DATA_FILE = "model.onnx.data"
+ALIGN = 4096  # page-aligned external tensors let ORT memory-map them
+
+
+class _Graph:
+    """Accumulates nodes/initializers; big initializers go straight to the external data file."""
+
+    def __init__(self, data_path: Path):
+        self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
+        self.n = 0
+        self.data = open(data_path, "wb")
+        self.consts = {}
+
+    def name(self, base):
+        self.n += 1
+        return f"{base}_{self.n}"
+
+    def init(self, name, arr):
+        arr = np.ascontiguousarray(arr)
+        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape)
+        if arr.nbytes < 1024:
+            t.raw_data = arr.tobytes()
+        else:
+            pad = (-self.data.tell()) % ALIGN
+            self.data.write(b"\0" * pad)
+            off = self.data.tell()
+            self.data.write(arr.tobytes())
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", DATA_FILE), ("offset", str(off)), ("length", str(arr.nbytes))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+        self.inits.append(t)
+        return name
+
+    def const(self, values, dtype=np.int64):
+        arr = np.asarray(values, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self.init(self.name("const"), arr)
+        return self.consts[key]
+
+    def op(self, op_type, inputs, n_out=1, domain="", base=None, **attrs):
+        outs = [self.name(base or op_type) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type),
+                                           domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+
+def _rope_cache(cfg, max_seq_len):
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
+    ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+class _Builder:
+    def __init__(self, g: _Graph, quant: str, accuracy_level):
+        self.g, self.quant = g, quant
+        roles = ("qkv", "o", "gate_up", "down", "lm_head")
+        if isinstance(accuracy_level, dict):  # per projection role; missing roles use 4
+            self.acc = {r: int(accuracy_level.get(r, 4)) for r in roles}
+        else:
+            self.acc = {r: int(accuracy_level) for r in roles}
+        self.block_sums = {}  # input name -> its per-block sums (shared by fused projections)
+
+    def _block_sum(self, x, k, block):
+        """Per-block sums of x [.., K] -> [.., K/block], as one MatMul with a 0/1 matrix (fewer nodes than
+        Reshape + ReduceSum: per-node overhead dominates 1-token decode)."""
+        if x not in self.block_sums:
+            key = ("blocksum", k, block)
+            if key not in self.g.consts:
+                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+                self.g.consts[key] = self.g.init(f"block_sum_{k}x{k // block}", ones)
+            self.block_sums[x] = self.g.op("MatMul", [x, self.g.consts[key]])
+        return self.block_sums[x]
+
+    def linear(self, x, w, name, bias=None, transposed_init=None, role="qkv"):
+        """y = x @ w^T (+ bias); w is float [N, K] or NBitsWeight."""
+        g = self.g
+        if isinstance(w, np.ndarray):
+            y = g.op("MatMul", [x, transposed_init or g.init(name + ".weight_t", w.T)])
+        else:
+            n, k = w.shape
+            ins = [x, g.init(name + ".qweight", w.packed_b()), g.init(name + ".scales", w.scales),
+                   g.init(name + ".zero_points", w.packed_zero_points())]
+            y = g.op("MatMulNBits", ins, domain=MS, K=k, N=n, bits=w.bits, block_size=w.block_size,
+                     accuracy_level=self.acc[role])
+            if w.mins is not None:
+                m = g.op("MatMul", [self._block_sum(x, k, w.block_size), g.init(name + ".mins_t", w.mins.T)])
+                y = g.op("Add", [y, m])
+        if bias is not None:
+            y = g.op("Add", [y, g.init(name + ".bias", bias.astype(np.float32))])
+        return y
+
+
+def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logits: bool = False,
+               max_seq_len: int | None = None, accuracy_level=4) -> dict:
+    """Write out_dir/model.onnx (+ model.onnx.data) and return the JSON-serialisable graph_info.
+
+    accuracy_level: MatMulNBits compute precision (4: int8 activations, fast; 0: float, exact), an int or a
+    dict per projection role {"qkv", "o", "gate_up", "down", "lm_head"}.
+    """
+    if quant not in ("fp32", "q4", "q8"):
+        raise ValueError(f"quant must be fp32, q4 or q8, not {quant!r}")
+    cfg, t = source.config, source.tensors
+    max_seq_len = int(max_seq_len or cfg.max_position_embeddings)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = _Graph(out_dir / DATA_FILE)
+    b = _Builder(g, quant, accuracy_level if quant != "fp32" else 0)
+    L, H, KV, D, E = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    vi = helper.make_tensor_value_info
+
+    g.inputs += [vi("input_ids", i64, ["batch", "sequence_length"]), vi("seqlens_k", i32, ["batch"]),
+                 vi("total_sequence_length", i32, [1])]
+    for i in range(L):
+        for kind in ("key", "value"):
+            g.inputs.append(vi(f"past_{kind}_{i}", f32, ["batch", KV, "past_sequence_length", D]))
+
+    # ---- embedding (and the tied LM head's weights)
+    emb_src = t["model.embed_tokens.weight"]
+    tied = "lm_head.weight" not in t
+    head_info = {}
+    if quant == "fp32":
+        emb_name = g.init("embed_tokens.weight", as_float(emb_src))
+        h = g.op("Gather", [emb_name, "input_ids"])
+    else:
+        ew = embedding_q8(emb_src)
+        nb = E // ew.block_size
+        qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8, also the head's B
+        sc = g.init("embed_tokens.scales", ew.scales)
+        # w = scale*q + offset  with offset = mins - scale*zp: two row gathers dequantize exactly
+        off = (ew.mins if ew.mins is not None else 0) - ew.scales * ew.zero_points.astype(np.float32)
+        rows = g.op("Cast", [g.op("Gather", [qb, "input_ids"])], to=f32)
+        s_ = g.op("Unsqueeze", [g.op("Gather", [sc, "input_ids"]), g.const([-1])])
+        o_ = g.op("Unsqueeze", [g.op("Gather", [g.init("embed_tokens.offset", off.astype(np.float32)),
+                                                  "input_ids"]), g.const([-1])])
+        h = g.op("Reshape", [g.op("Add", [g.op("Mul", [rows, s_]), o_]), g.const([0, 0, E])])
+        head_info["embedding"] = f"8-bit rows gathered and dequantized in-graph ({ew.origin})"
+
+    cos, sin = _rope_cache(cfg, max_seq_len)
+    cos_name, sin_name = g.init("cos_cache", cos), g.init("sin_cache", sin)
+    eps = float(cfg.rms_norm_eps)
+
+    x = g.op("SimplifiedLayerNormalization", [h, g.init("layers.0.input_layernorm.weight",
+                                                        as_float(t["model.layers.0.input_layernorm.weight"]))],
+             axis=-1, epsilon=eps, stash_type=1)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        qkv_w = map_group([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], quant)
+        bias = None
+        if p + "self_attn.q_proj.bias" in t:
+            bias = np.concatenate([as_float(t[p + f"self_attn.{n}_proj.bias"]) for n in "qkv"])
+        qkv = b.linear(x, qkv_w, f"layers.{i}.qkv_proj", bias)
+        attn, pk, pv = g.op("GroupQueryAttention",
+                            [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+                             cos_name, sin_name], n_out=3, domain=MS,
+                            num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
+                            scale=float(1.0 / np.sqrt(D)))
+        g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present_key_{i}", f"present_value_{i}"
+        o = b.linear(attn, map_linear(t[p + "self_attn.o_proj.weight"], quant), f"layers.{i}.o_proj", role="o")
+        x2, _, _, h = g.op("SkipSimplifiedLayerNormalization",
+                           [o, h, g.init(f"layers.{i}.post_attention_layernorm.weight",
+                                         as_float(t[p + "post_attention_layernorm.weight"]))],
+                           n_out=4, domain=MS, epsilon=eps)
+        g.nodes[-1].output[1], g.nodes[-1].output[2] = "", ""
+        gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], quant)
+        gu = b.linear(x2, gu_w, f"layers.{i}.gate_up_proj", role="gate_up")
+        gate, up = g.op("Split", [gu, g.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+        down = b.linear(act, map_linear(t[p + "mlp.down_proj.weight"], quant), f"layers.{i}.down_proj", role="down")
+        nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < L else "model.norm.weight"
+        if not all_logits and i + 1 == L:  # only the last position feeds the LM head
+            last = g.const([-1])
+            down, h = g.op("Gather", [down, last], axis=1), g.op("Gather", [h, last], axis=1)
+        x, _, _, h = g.op("SkipSimplifiedLayerNormalization",
+                          [down, h, g.init(nxt.replace("model.", ""), as_float(t[nxt]))],
+                          n_out=4, domain=MS, epsilon=eps)
+        g.nodes[-1].output[1], g.nodes[-1].output[2] = "", ""
+
+    # ---- LM head
+    V = cfg.vocab_size
+    if quant == "fp32":
+        if tied:  # Gemm(transB) reads the embedding table in place: no transposed copy
+            flat = g.op("Reshape", [x, g.const([-1, E])])
+            y = g.op("Gemm", [flat, emb_name], transB=1)
+            shp = g.op("Concat", [g.op("Shape", [x], start=0, end=2), g.const([V])], axis=0)
+            logits = g.op("Reshape", [y, shp])
+        else:
+            logits = b.linear(x, as_float(t["lm_head.weight"]), "lm_head")
+    else:
+        if tied:
+            hw = ew
+            ins = [x, qb, sc, g.init("lm_head.zero_points", hw.packed_zero_points())]
+            logits = g.op("MatMulNBits", ins, domain=MS, K=E, N=V, bits=8, block_size=hw.block_size,
+                          accuracy_level=b.acc["lm_head"])
+            if hw.mins is not None:
+                m = g.op("MatMul", [b._block_sum(x, E, hw.block_size), g.init("lm_head.mins_t", hw.mins.T)])
+                logits = g.op("Add", [logits, m])
+        else:  # the head is sensitive: 8-bit even for q4 (exact when the source is already blocked)
+            hs = t["lm_head.weight"]
+            hw = from_block_quantized(hs) if isinstance(hs, BlockQuantized) else map_linear(hs, "q8")
+            logits = b.linear(x, hw, "lm_head", role="lm_head")
+        head_info["lm_head"] = f"{hw.bits}-bit MatMulNBits ({hw.origin})"
+    g.nodes[-1].output[0] = "logits"
+    g.data.close()
+
+    g.outputs.append(vi("logits", f32, ["batch", "sequence_length" if all_logits else 1, V]))
+    for i in range(L):
+        for kind in ("key", "value"):
+            g.outputs.append(vi(f"present_{kind}_{i}", f32, ["batch", KV, "present_sequence_length", D]))
+    graph = helper.make_graph(g.nodes, "edgeai_llama", g.inputs, g.outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              producer_name="edgeai")
+    model.ir_version = 8
+    onnx.save_model(model, str(out_dir / "model.onnx"))
+
+    def io(v):
+        tt = v.type.tensor_type
+        return {"name": v.name, "dtype": {1: "float32", 6: "int32", 7: "int64"}[tt.elem_type],
+                "shape": [d.dim_param or d.dim_value for d in tt.shape.dim]}
+
+    info = {
+        "format": "edgeai-llama-gqa/1",
+        "opset": {"ai.onnx": OPSET, MS: 1},
+        "inputs": [io(v) for v in g.inputs],
+        "outputs": [io(v) for v in g.outputs],
+        "num_layers": L, "num_heads": H, "num_kv_heads": KV, "head_dim": D, "hidden_size": E, "vocab_size": V,
+        "kv_cache": {"past": "past_{key,value}_{i}", "present": "present_{key,value}_{i}", "dtype": "float32",
+                     "layout": "batch, kv_heads, seq, head_dim", "shared_buffer": True,
+                     "seqlens_k": "tokens in cache after this step - 1", "positions": "from seqlens_k (in GQA)",
+                     "continuation_chunks": "batch 1 only (prefill and 1-token decode: any batch)"},
+        "max_seq_len": max_seq_len,
+        "all_logits": all_logits,
+        "quant": {"mode": quant, **({"weights": "float32 MatMul"} if quant == "fp32" else {
+            "weights": "MatMulNBits block 32, integer zero points", **head_info,
+            "exact_q4_1": quant == "q4", "exact_q8_0": True})},
+        "accuracy_level": b.acc if len(set(b.acc.values())) > 1 else b.acc["qkv"],
+        "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
+    }
+    json.dumps(info)  # must stay JSON-serialisable
+    return info

@@ -1,0 +1,239 @@
+"""Weight quantization for ONNX Runtime's MatMulNBits (com.microsoft) and the source -> target mappings.
+
+MatMulNBits computes Y = A @ W^T with W [N, K] stored in blocks of `block_size` along K:
+    w[n, k] = scale[n, b] * (q[n, k] - zp[n, b]),   b = k // block_size
+Layout (ORT contrib op spec):
+    B           uint8 [N, K/block, block*bits/8]; 4-bit: element 2j in the low nibble, 2j+1 in the high nibble
+    scales      float [N, K/block]
+    zero_points uint8 [N, ceil(K/block * bits / 8)]; 4-bit packed like B (low nibble first)
+Integer zero points keep MatMulNBits on its fast integer path (float zero points are ~40x slower on CPU).
+
+Mappings (`map_linear`):
+    GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp = round(-m/d), plus residual mins m' = m + d*zp: the
+                              builder adds sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
+    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128: exact.
+    float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
+                              small per-block range-shrink search that minimises squared error (4-bit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .weights import BlockQuantized, Tensor, as_float
+
+BLOCK = 32
+
+
+@dataclass
+class NBitsWeight:
+    """One linear weight W [N, K] ready for MatMulNBits (values unpacked; pack with `packed_*`)."""
+
+    bits: int
+    q: np.ndarray  # uint8 [N, K], 0..2^bits-1
+    scales: np.ndarray  # float32 [N, K/block]
+    zero_points: np.ndarray  # uint8 [N, K/block]
+    mins: Optional[np.ndarray] = None  # float32 [N, K/block]: extra additive term (GGUF Q4_1)
+    block_size: int = BLOCK
+    origin: str = "rtn"  # "q4_1", "q8_0" (exact mappings) or "rtn"
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def dequantize(self) -> np.ndarray:
+        n, k = self.q.shape
+        nb = k // self.block_size
+        q = self.q.reshape(n, nb, self.block_size).astype(np.float32)
+        w = (q - self.zero_points[:, :, None].astype(np.float32)) * self.scales[:, :, None]
+        if self.mins is not None:
+            w = w + self.mins[:, :, None]
+        return w.reshape(n, k)
+
+    def packed_b(self) -> np.ndarray:
+        return pack_nbits(self.q, self.bits, self.block_size)
+
+    def packed_zero_points(self) -> np.ndarray:
+        return pack_zero_points(self.zero_points, self.bits)
+
+
+def concat(parts: list) -> NBitsWeight:
+    """Stack weights along N (fused q/k/v or gate/up); all parts must share bits and block size."""
+    p0 = parts[0]
+    mins = None
+    if any(p.mins is not None for p in parts):
+        mins = np.concatenate([p.mins if p.mins is not None else np.zeros_like(p.scales) for p in parts])
+    if mins is not None and not mins.any():
+        mins = None
+    return NBitsWeight(p0.bits, np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]),
+                       np.concatenate([p.zero_points for p in parts]), mins, p0.block_size,
+                        "+".join(sorted({p.origin for p in parts})))
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+def pack_nbits(q: np.ndarray, bits: int, block: int = BLOCK) -> np.ndarray:
+    n, k = q.shape
+    assert k % block == 0, f"K={k} is not a multiple of the block size {block}"
+    q = q.astype(np.uint8)
+    if bits == 8:
+        return np.ascontiguousarray(q.reshape(n, k // block, block))
+    assert bits == 4
+    packed = (q[:, 0::2] & 0x0F) | ((q[:, 1::2] & 0x0F) << 4)
+    return np.ascontiguousarray(packed.reshape(n, k // block, block // 2))
+
+
+def unpack_nbits(b: np.ndarray, bits: int) -> np.ndarray:
+    n = b.shape[0]
+    if bits == 8:
+        return b.reshape(n, -1).copy()
+    flat = b.reshape(n, -1)
+    out = np.empty((n, flat.shape[1] * 2), np.uint8)
+    out[:, 0::2] = flat & 0x0F
+    out[:, 1::2] = flat >> 4
+    return out
+
+
+def pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
+    """[N, nb] -> uint8 [N * ceil(nb*bits/8)] (each row padded to whole bytes)."""
+    zp = zp.astype(np.uint8)
+    if bits == 8:
+        return zp.reshape(-1).copy()
+    n, nb = zp.shape
+    if nb % 2:
+        zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
+    return ((zp[:, 0::2] & 0x0F) | ((zp[:, 1::2] & 0x0F) << 4)).reshape(-1)
+
+
+def unpack_zero_points(packed: np.ndarray, n: int, nb: int, bits: int) -> np.ndarray:
+    if bits == 8:
+        return packed.reshape(n, nb).copy()
+    rows = packed.reshape(n, -1)
+    out = np.empty((n, rows.shape[1] * 2), np.uint8)
+    out[:, 0::2] = rows & 0x0F
+    out[:, 1::2] = rows >> 4
+    return out[:, :nb]
+
+
+# ---------------------------------------------------------------------------------------------- quantizers
+
+def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | None = None) -> NBitsWeight:
+    """Asymmetric round-to-nearest per block with integer zero points.
+
+    With `search` (default for 4-bit) each block tries a few shrunken [min, max] ranges and keeps the
+    one with the least squared error: clipping a rare outlier usually buys precision for the rest.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    assert k % block == 0, f"K={k} is not a multiple of the block size {block}"
+    qmax = (1 << bits) - 1
+    if search is None:
+        search = bits == 4
+    wb = w.reshape(n, k // block, block)
+    lo0 = np.minimum(wb.min(-1), 0.0)  # include 0 so that it is representable exactly
+    hi0 = np.maximum(wb.max(-1), 0.0)
+    best = None
+    for shrink in (np.linspace(1.0, 0.8, 9) if search else [1.0]):
+        lo, hi = lo0 * shrink, hi0 * shrink
+        scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+        zp = np.clip(np.round(-lo / scale), 0, qmax)
+        q = np.clip(np.round(wb / scale[..., None]) + zp[..., None], 0, qmax)
+        err = (((q - zp[..., None]) * scale[..., None] - wb) ** 2).sum(-1)
+        if best is None:
+            best = [err, scale, zp, q]
+        else:
+            m = err < best[0]
+            best[0] = np.where(m, err, best[0])
+            best[1] = np.where(m, scale, best[1])
+            best[2] = np.where(m, zp, best[2])
+            best[3] = np.where(m[..., None], q, best[3])
+    _, scale, zp, q = best
+    return NBitsWeight(bits, q.reshape(n, k).astype(np.uint8), scale.astype(np.float32),
+                       zp.astype(np.uint8), None, block, "rtn")
+
+
+def from_block_quantized(t: BlockQuantized, bits: int | None = None) -> NBitsWeight:
+    """Exact MatMulNBits form of a GGUF block (no re-quantization); Q4_1 may be widened to 8-bit storage."""
+    rows, cols = t.q.shape
+    nb = cols // t.block_size
+    if t.kind == "q4_1":
+        # w = d*q + m = d*(q - zp) + (m + d*zp) with the integer zp nearest -m/d: the 4-bit product is then
+        # centred (accuracy_level 4's int8 activation error is not amplified by all-positive codes) and the
+        # remaining exact "mins" term is small.
+        d, m = t.scales.astype(np.float32), t.mins.astype(np.float32)
+        zp = np.clip(np.round(-m / np.where(d != 0, d, 1)), 0, 15).astype(np.uint8)
+        mins = m + d * zp.astype(np.float32)
+        return NBitsWeight(bits or 4, t.q.astype(np.uint8), d, zp, mins if mins.any() else None, t.block_size, "q4_1")
+    if t.kind == "q8_0":
+        q = (t.q.astype(np.int16) + 128).astype(np.uint8)
+        return NBitsWeight(8, q, t.scales.astype(np.float32), np.full((rows, nb), 128, np.uint8), None,
+                           t.block_size, "q8_0")
+    raise ValueError(f"unsupported block kind {t.kind}")
+
+
+def map_linear(t: Tensor, quant: str):
+    """Target form of one linear weight [out, in]: float32 ndarray for fp32, NBitsWeight otherwise.
+
+    q4: Q4_1 and Q8_0 sources map exactly; float sources are quantized to 4 bits.
+    q8: Q8_0 and Q4_1 map exactly (8-bit storage); float sources are quantized to 8 bits (near lossless).
+    """
+    if quant == "fp32":
+        return as_float(t)
+    if isinstance(t, BlockQuantized):  # exact; under q8 Q4_1 codes are stored in 8 bits (same values)
+        return from_block_quantized(t, bits=4 if quant == "q4" and t.kind == "q4_1" else 8)
+    return quantize_rtn(as_float(t), 4 if quant == "q4" else 8)
+
+
+def map_group(tensors: list, quant: str):
+    """Map several weights that share one input and will be fused along N (q/k/v, gate/up).
+
+    Parts must share one bit width to share one MatMulNBits: GGUF blocks of mixed kinds (Q4_1 + Q8_0) all
+    go exactly to 8 bits; a mix with float weights is quantized uniformly.
+    """
+    parts = [map_linear(t, quant) for t in tensors]
+    if quant == "fp32":
+        return np.concatenate(parts, axis=0)
+    if len({p.bits for p in parts}) > 1:
+        if all(isinstance(t, BlockQuantized) for t in tensors):  # e.g. Q4_1 + Q8_0: all exact in 8 bits
+            parts = [from_block_quantized(t, bits=8) for t in tensors]
+        else:
+            parts = [quantize_rtn(as_float(t), 4 if quant == "q4" else 8) for t in tensors]
+    return concat(parts)
+
+
+def embedding_q8(t: Tensor) -> NBitsWeight:
+    """8-bit block form of the embedding table [vocab, hidden] (shared with a tied LM head)."""
+    if isinstance(t, BlockQuantized):  # exact; Q4_1 codes stored one per byte so rows gather simply
+        return from_block_quantized(t, bits=8)
+    return quantize_rtn(as_float(t), 8)
+
+
+def effective_source(source, quant: str):
+    """The SourceModel whose float32 weights equal what the `quant` graph really multiplies with.
+
+    Lets tests separate graph correctness (ORT vs reference on these weights, ~exact at accuracy_level 0)
+    from quantization loss (these weights vs the original ones).
+    """
+    from dataclasses import replace
+
+    if quant == "fp32":
+        return source
+    t, cfg = source.tensors, source.config
+    out = {k: as_float(v) for k, v in t.items()}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        for names in (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]):
+            w = map_group([t[p + n + ".weight"] for n in names], quant).dequantize()
+            rows = np.cumsum([t[p + n + ".weight"].shape[0] for n in names])[:-1]
+            for n, part in zip(names, np.split(w, rows)):
+                out[p + n + ".weight"] = part
+        for n in ("self_attn.o_proj", "mlp.down_proj"):
+            out[p + n + ".weight"] = map_linear(t[p + n + ".weight"], quant).dequantize()
+    out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
+    if "lm_head.weight" in t:
+        h = t["lm_head.weight"]
+        out["lm_head.weight"] = (from_block_quantized(h) if isinstance(h, BlockQuantized)
+                                 else map_linear(h, "q8")).dequantize()
+    return replace(source, tensors=out)

@@ -1,0 +1,132 @@
+"""Split `Document`s into chunks that respect headings and paragraphs, sized in embedding-model tokens.
+
+A chunk never crosses a heading: each section (the text under one heading) is packed paragraph by paragraph
+up to `max_tokens`. The next chunk of the same section starts with the last paragraphs of the previous one
+(up to `overlap_tokens`), so a fact split across a boundary is still whole in one chunk. A paragraph longer
+than `max_tokens` is cut into token windows (stride max_tokens - overlap_tokens) on token boundaries.
+Each chunk is a contiguous span `text[start:end]` of its document, with the heading path it sits under.
+Token counts come from one batched call of the (Rust) tokenizer per document, so the Python loop only adds
+integers; that keeps chunking far cheaper than embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .loaders import Block, Document
+
+
+@dataclass
+class Chunk:
+    source: str
+    section: Tuple[str, ...]  # heading path, outermost first
+    start: int
+    end: int
+    text: str
+    n_tokens: int
+
+    @property
+    def section_title(self) -> str:
+        return " > ".join(self.section)
+
+    @property
+    def embed_text(self) -> str:
+        """What gets embedded: the heading path gives a short paragraph its context."""
+        return f"{self.section_title}\n{self.text}" if self.section else self.text
+
+
+def _whitespace_tokens(texts: Sequence[str]) -> List[int]:
+    return [len(t.split()) for t in texts]
+
+
+class Chunker:
+    def __init__(self, max_tokens: int = 200, overlap_tokens: int = 40,
+                 count_tokens: Optional[Callable[[Sequence[str]], List[int]]] = None,
+                 tokenizer=None):
+        """count_tokens(texts) -> counts (e.g. Embedder.count_tokens). `tokenizer` (a tokenizers.Tokenizer)
+        additionally lets long paragraphs be cut on exact token boundaries; without either, words are used."""
+        if max_tokens < 8:
+            raise ValueError("max_tokens must be >= 8")
+        if not 0 <= overlap_tokens < max_tokens // 2 + 1:
+            raise ValueError("overlap_tokens must be >= 0 and at most half of max_tokens")
+        self.max_tokens, self.overlap = max_tokens, overlap_tokens
+        self.tokenizer = tokenizer
+        self.count_tokens = count_tokens or _whitespace_tokens
+
+    @classmethod
+    def for_embedder(cls, embedder, max_tokens: Optional[int] = None, overlap_tokens: int = 40) -> "Chunker":
+        # The heading line is embedded too: leave it room within the model's max_length (and [CLS]/[SEP]).
+        mt = max_tokens or max(8, min(200, int(embedder.max_length * 0.8) - 2))
+        overlap_tokens = min(overlap_tokens, mt // 4)
+        return cls(mt, overlap_tokens, count_tokens=getattr(embedder, "count_tokens", None),
+                   tokenizer=getattr(embedder, "_count_tok", None))
+
+    def _windows(self, text: str, start: int, end: int) -> Iterator[Tuple[int, int, int]]:
+        """Cut one long paragraph into (start, end, n_tokens) windows on token (or word) boundaries."""
+        seg = text[start:end]
+        if self.tokenizer is not None:
+            offs = self.tokenizer.encode(seg, add_special_tokens=False).offsets
+        else:
+            import re
+            offs = [(m.start(), m.end()) for m in re.finditer(r"\S+", seg)]
+        step = self.max_tokens - self.overlap
+        for i in range(0, len(offs), step):
+            w = offs[i:i + self.max_tokens]
+            yield start + w[0][0], start + w[-1][1], len(w)
+            if i + self.max_tokens >= len(offs):
+                break
+
+    def split(self, doc: Document) -> List[Chunk]:
+        text = doc.text
+        path: List[Tuple[int, str]] = []  # (level, title) stack
+        sections: List[Tuple[Tuple[str, ...], List[Block]]] = []
+        for b in doc.blocks:
+            if b.level:
+                while path and path[-1][0] >= b.level:
+                    path.pop()
+                path.append((b.level, b.title))
+                sections.append((tuple(t for _, t in path), [b]))  # the heading opens its section's text
+            else:
+                if not sections:
+                    sections.append(((), []))
+                sections[-1][1].append(b)
+        paras = [b for _, blocks in sections for b in blocks]
+        counts = dict(zip((id(b) for b in paras), self.count_tokens([text[b.start:b.end] for b in paras])))
+
+        chunks: List[Chunk] = []
+
+        def emit(section, s, e, n):
+            chunks.append(Chunk(doc.source, section, s, e, text[s:e], n))
+
+        for section, blocks in sections:
+            cur: List[Block] = []
+            cur_n = 0
+            for b in blocks:
+                n = counts[id(b)]
+                if n > self.max_tokens:  # too long on its own: flush, then window it
+                    if cur and not all(x.level for x in cur):
+                        emit(section, cur[0].start, cur[-1].end, cur_n)
+                    for s, e, k in self._windows(text, b.start, b.end):
+                        emit(section, s, e, k)
+                    cur, cur_n = [], 0
+                    continue
+                if cur and cur_n + n > self.max_tokens:
+                    emit(section, cur[0].start, cur[-1].end, cur_n)
+                    keep: List[Block] = []  # overlap: trailing paragraphs of the chunk just emitted
+                    kn = 0
+                    for x in reversed(cur):
+                        if kn + counts[id(x)] > self.overlap or kn + counts[id(x)] + n > self.max_tokens:
+                            break
+                        keep.insert(0, x)
+                        kn += counts[id(x)]
+                    cur, cur_n = keep, kn
+                cur.append(b)
+                cur_n += n
+            # A section that is only a heading still yields a chunk: the title alone is searchable.
+            if cur:
+                emit(section, cur[0].start, cur[-1].end, cur_n)
+        return chunks
+
+    def split_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
+        for d in docs:
+            yield from self.split(d)

@@ -1,0 +1,365 @@
+"""`VectorIndex`: a persistent HNSW index (hnswlib) with string ids, metadata, filters, deletes and safe files.
+
+Ids: strings. Ints are accepted and stored as their decimal string (`add(v, ids=[7])` is found as "7"), so
+one index never mixes two id types. hnswlib's integer labels are internal and never leave this class.
+
+Adding an id that already exists replaces its vector and metadata (upsert) by default;
+`add(..., on_duplicate="error")` raises KeyError instead and adds nothing.
+
+Scores: higher is better. space "cosine"/"ip": 1 - hnswlib distance (= cosine / inner product);
+space "l2": minus the squared L2 distance.
+
+File format (`save`): b"EDGEVIDX" | u32 version | u64 header length | sha256 of everything after it |
+header JSON (params, count, payload length) | payload = u64 length + hnswlib graph bytes, then JSON of ids
+and metadata. Written to a temp file, fsynced, renamed over the target, then the directory fsynced: a crash leaves the old or the new file,
+never half of one. `load` checks magic, version, lengths and the sha256 before hnswlib sees a byte, so a
+truncated or damaged file raises ValueError.
+
+Thread safety: any number of searches run together; add/delete/resize take the lock exclusively
+(hnswlib does not support search concurrent with add/resize).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+
+import hnswlib
+import numpy as np
+
+MAGIC = b"EDGEVIDX"
+FORMAT_VERSION = 1
+SPACES = ("cosine", "ip", "l2")
+
+
+class Hit(NamedTuple):
+    id: str
+    score: float
+    metadata: dict
+
+
+class RWLock:
+    """Many readers or one writer. Cheap for readers (two plain locks, no condition variable), since a search
+    takes only tens of microseconds. A writer holds the turnstile while it waits, so new readers queue behind
+    it and a stream of searches cannot starve an add."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()      # guards the reader count
+        self._turnstile = threading.Lock()  # writers hold it while waiting/writing
+        self._room = threading.Lock()       # held by the first reader in, or by the writer
+        self._readers = 0
+
+    def acquire_read(self):
+        with self._turnstile:
+            pass
+        with self._mutex:
+            self._readers += 1
+            if self._readers == 1:
+                self._room.acquire()
+
+    def release_read(self):
+        with self._mutex:
+            self._readers -= 1
+            if self._readers == 0:
+                self._room.release()
+
+    @contextmanager
+    def read(self):
+        self.acquire_read()
+        try:
+            yield
+        finally:
+            self.release_read()
+
+    @contextmanager
+    def write(self):
+        with self._turnstile:
+            self._room.acquire()
+        try:
+            yield
+        finally:
+            self._room.release()
+
+
+def fsync_replace(tmp: Path, target: Path) -> None:
+    """Rename an already-fsynced temp file over target, then fsync the directory so the rename is durable."""
+    os.replace(tmp, target)
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(str(target.parent), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class VectorIndex:
+    def __init__(self, dim: int, space: str = "cosine", M: int = 16, ef_construction: int = 200,
+                 ef_search: int = 64, capacity: int = 1024, threads: int = 1, seed: int = 100):
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}")
+        if dim < 1:
+            raise ValueError("dim must be >= 1")
+        self.dim, self.space, self.M = int(dim), space, int(M)
+        self.ef_construction, self.ef_search, self.seed = int(ef_construction), int(ef_search), int(seed)
+        self.threads = threads
+        self._index = hnswlib.Index(space=space, dim=self.dim)
+        self._index.init_index(max_elements=max(int(capacity), 16), M=self.M, ef_construction=self.ef_construction,
+                               random_seed=self.seed, allow_replace_deleted=True)
+        self._index.set_ef(self.ef_search)
+        self._index.set_num_threads(threads)
+        self._label: Dict[str, int] = {}     # id -> label
+        self._id: Dict[int, str] = {}        # label -> id
+        self._meta: Dict[int, dict] = {}     # label -> metadata
+        self._deleted = 0                    # slots marked deleted and reusable
+        self._next_label = 0
+        self._lock = RWLock()
+
+    # --- basics ------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._label)
+
+    def __contains__(self, id_) -> bool:
+        return str(id_) in self._label
+
+    @property
+    def params(self) -> dict:
+        return {"dim": self.dim, "space": self.space, "M": self.M, "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search, "seed": self.seed}
+
+    def ids(self) -> List[str]:
+        return list(self._label)
+
+    def get_metadata(self, id_) -> dict:
+        return dict(self._meta[self._label[str(id_)]])
+
+    def get_vector(self, id_) -> np.ndarray:
+        with self._lock.read():
+            return np.asarray(self._index.get_items([self._label[str(id_)]])[0], np.float32)
+
+    def set_ef(self, ef: int) -> None:
+        with self._lock.write():
+            self.ef_search = int(ef)
+            self._index.set_ef(self.ef_search)
+
+    # --- writes ------------------------------------------------------------------------------------------------
+    def _check_vectors(self, vectors) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim == 1:
+            v = v[None, :]
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape [n, {self.dim}], got {np.shape(vectors)}")
+        if not np.isfinite(v).all():
+            raise ValueError("vectors contain NaN or inf")
+        return np.ascontiguousarray(v)
+
+    def add(self, vectors, ids: Optional[Sequence[Union[str, int]]] = None,
+            metadata: Optional[Sequence[Optional[dict]]] = None, on_duplicate: str = "replace") -> List[str]:
+        """Add vectors; returns their ids. Without ids, ids are the next free integers (as strings)."""
+        v = self._check_vectors(vectors)
+        n = len(v)
+        if on_duplicate not in ("replace", "error"):
+            raise ValueError("on_duplicate must be 'replace' or 'error'")
+        if metadata is not None and len(metadata) != n:
+            raise ValueError(f"{n} vectors but {len(metadata)} metadata entries")
+        metas = [dict(m) if m else {} for m in (metadata or [None] * n)]
+        for m in metas:
+            json.dumps(m)  # metadata must survive save/load; fail now, not at save time
+        with self._lock.write():
+            if ids is None:
+                ids = []
+                k = self._next_label
+                while len(ids) < n:
+                    if str(k) not in self._label:
+                        ids.append(str(k))
+                    k += 1
+            else:
+                if len(ids) != n:
+                    raise ValueError(f"{n} vectors but {len(ids)} ids")
+                for i in ids:
+                    if not isinstance(i, (str, int)) or isinstance(i, bool):
+                        raise TypeError(f"ids must be str or int, got {type(i).__name__}")
+                ids = [str(i) for i in ids]
+                if len(set(ids)) != n:
+                    raise ValueError("duplicate ids within one add() call")
+            dup = [i for i in ids if i in self._label]
+            if dup and on_duplicate == "error":
+                raise KeyError(f"id {dup[0]!r} already in the index (on_duplicate='error')")
+            for i in dup:  # upsert: retire the old slot, hnswlib will reuse it
+                self._remove(i)
+            # Grow geometrically; deleted slots are reused first (replace_deleted) so they count as free.
+            free = self._index.get_max_elements() - self._index.get_current_count() + self._deleted
+            if n > free:
+                need = self._index.get_max_elements() + (n - free)
+                self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
+            labels = np.arange(self._next_label, self._next_label + n, dtype=np.uint64)
+            self._next_label += n
+            reuse = min(self._deleted, n)
+            if reuse:
+                self._index.add_items(v[:reuse], labels[:reuse], replace_deleted=True)
+                self._deleted -= reuse
+            if reuse < n:
+                self._index.add_items(v[reuse:], labels[reuse:])
+            for i, lab, m in zip(ids, labels.tolist(), metas):
+                self._label[i] = lab
+                self._id[lab] = i
+                self._meta[lab] = m
+        return ids
+
+    def _remove(self, id_: str) -> None:
+        lab = self._label.pop(id_)
+        del self._id[lab]
+        del self._meta[lab]
+        self._index.mark_deleted(lab)
+        self._deleted += 1
+
+    def delete(self, ids) -> int:
+        """Delete ids; unknown ids are ignored. Returns how many were deleted."""
+        if isinstance(ids, (str, int)):
+            ids = [ids]
+        with self._lock.write():
+            found = [str(i) for i in ids if str(i) in self._label]
+            for i in found:
+                self._remove(i)
+        return len(found)
+
+    # --- search ------------------------------------------------------------------------------------------------
+    def _predicate(self, filter) -> Optional[Callable[[int], bool]]:
+        if filter is None:
+            return None
+        meta = self._meta
+        if callable(filter):
+            return lambda lab: lab in meta and bool(filter(meta[lab]))
+        if isinstance(filter, dict):
+            want = list(filter.items())
+            return lambda lab: lab in meta and all(meta[lab].get(k) == v for k, v in want)
+        raise TypeError("filter must be a dict (metadata equality) or a callable(metadata) -> bool")
+
+    def search(self, query, k: int = 10, filter=None) -> Union[List[Hit], List[List[Hit]]]:
+        """Nearest neighbours of one query ([dim] -> list of Hit) or many ([n, dim] -> list of lists).
+        Hit.metadata is the stored dict itself (not a copy, to keep searches cheap): treat it as read-only."""
+        q = np.asarray(query, dtype=np.float32)
+        single = q.ndim == 1
+        if single:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query must have shape [{self.dim}] or [n, {self.dim}], got {np.shape(query)}")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        lock = self._lock
+        lock.acquire_read()
+        try:
+            live = len(self._label)
+            if live == 0:
+                return [] if single else [[] for _ in range(len(q))]
+            labels, dists = self._query(q, min(k, live), self._predicate(filter))
+            ids, meta = self._id, self._meta
+            if self.space == "l2":
+                hits = [[Hit(ids[lab], -d, meta[lab]) for lab, d in zip(lr, dr)] for lr, dr in zip(labels, dists)]
+            else:
+                hits = [[Hit(ids[lab], 1.0 - d, meta[lab]) for lab, d in zip(lr, dr)]
+                        for lr, dr in zip(labels, dists)]
+        finally:
+            lock.release_read()
+        return hits[0] if single else hits
+
+    def _query(self, q, k, pred):
+        # hnswlib searches with max(ef, k) itself, so ef never has to be raised (and shared state stays put).
+        try:
+            labels, dists = self._index.knn_query(q, k=k, filter=pred)
+            return labels.tolist(), dists.tolist()
+        except RuntimeError:
+            # hnswlib raises when fewer than k elements pass the filter (or are reachable after many
+            # deletes). Then the candidates are few or the graph is thin: score them exactly instead.
+            cand = [lab for lab in self._id if pred is None or pred(lab)]
+            return self._brute(q, k, cand)
+
+    def _brute(self, q, k, labels):
+        if not labels:
+            return [[] for _ in q], [[] for _ in q]
+        v = np.asarray(self._index.get_items(labels), np.float32)
+        if self.space == "l2":
+            d = ((q[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+        else:
+            qq = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30) if self.space == "cosine" else q
+            d = 1.0 - qq @ v.T
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        lab = np.asarray(labels)
+        return lab[order].tolist(), np.take_along_axis(d, order, 1).tolist()
+
+    def _score(self, d: float) -> float:
+        return -float(d) if self.space == "l2" else 1.0 - float(d)
+
+    # --- persistence -------------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock.read():
+            with tempfile.TemporaryDirectory(dir=path.parent) as td:
+                graph_file = Path(td) / "graph.bin"
+                self._index.save_index(str(graph_file))
+                graph = graph_file.read_bytes()
+            table = {"labels": list(self._id.keys()), "ids": list(self._id.values()),
+                     "metadata": [self._meta[lab] for lab in self._id], "next_label": self._next_label,
+                     "deleted": self._deleted}
+        payload = struct.pack("<Q", len(graph)) + graph + json.dumps(table, separators=(",", ":")).encode()
+        header = json.dumps({"params": self.params, "count": len(table["ids"]),
+                             "payload_len": len(payload)}).encode()
+        digest = hashlib.sha256(header + payload).digest()  # covers params too, not just the graph
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + digest + header)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_replace(Path(tmp), path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, threads: int = 1) -> "VectorIndex":
+        path = Path(path)
+        data = path.read_bytes()
+        fixed = len(MAGIC) + 12 + 32
+        if len(data) < fixed or data[:len(MAGIC)] != MAGIC:
+            raise ValueError(f"{path} is not an edgeai vector index (bad magic or truncated)")
+        version, hlen = struct.unpack("<IQ", data[len(MAGIC):len(MAGIC) + 12])
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: index format version {version}, this edgeai reads {FORMAT_VERSION}")
+        body = data[fixed:]
+        if hashlib.sha256(body).digest() != data[fixed - 32:fixed]:
+            raise ValueError(f"{path}: index file is truncated or corrupted (checksum mismatch); rebuild it")
+        try:
+            header = json.loads(body[:hlen])
+            payload = body[hlen:]
+            if len(payload) != header["payload_len"]:
+                raise ValueError("payload length")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: corrupted index header ({exc})") from None
+        p = header["params"]
+        (glen,) = struct.unpack("<Q", payload[:8])
+        table = json.loads(payload[8 + glen:])
+        self = cls(p["dim"], p["space"], p["M"], p["ef_construction"], p["ef_search"], capacity=16,
+                   threads=threads, seed=p.get("seed", 100))
+        with tempfile.TemporaryDirectory(dir=path.parent) as td:
+            graph_file = Path(td) / "graph.bin"
+            graph_file.write_bytes(payload[8:8 + glen])
+            self._index = hnswlib.Index(space=p["space"], dim=p["dim"])
+            self._index.load_index(str(graph_file), allow_replace_deleted=True)
+        self._index.set_ef(self.ef_search)
+        self._index.set_num_threads(threads)
+        labels = [int(x) for x in table["labels"]]
+        self._id = dict(zip(labels, table["ids"]))
+        self._label = {i: lab for lab, i in self._id.items()}
+        self._meta = dict(zip(labels, table["metadata"]))
+        self._next_label = int(table["next_label"])
+        self._deleted = int(table["deleted"])
+        return self

@@ -1,0 +1,277 @@
+"""Load .txt, .md, .rst and .html files into `Document`s: plain text plus its headings and paragraphs.
+
+Every block carries character offsets into `Document.text`. For .txt/.md/.rst that text is the file
+itself (decoded), so offsets point into the file; for .html it is the extracted visible text.
+Binary or non-UTF-8 files are skipped with a warning when met in a folder walk, and raise ValueError
+when named explicitly.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterable, Iterator, List, Tuple
+
+SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
+            ".html": "html", ".htm": "html"}
+
+
+@dataclass
+class Block:
+    start: int
+    end: int
+    level: int = 0  # 0 = paragraph; 1.. = heading level
+    title: str = ""  # heading text (headings only)
+
+
+@dataclass
+class Document:
+    source: str
+    text: str
+    blocks: List[Block] = field(default_factory=list)
+
+
+class SkippedFile(ValueError):
+    """A file that is not readable text (binary, undecodable, unsupported type)."""
+
+
+def read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise SkippedFile(f"{path}: not decodable as UTF-16 ({exc.reason})") from None
+    if b"\x00" in data[:8192]:
+        raise SkippedFile(f"{path}: looks binary (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SkippedFile(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _lines(text: str) -> Iterator[Tuple[int, str]]:
+    """(offset, line without newline) for each line."""
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        yield pos, line.rstrip("\r\n")
+        pos += len(line)
+
+
+def _paragraphs(text: str, spans: List[Tuple[int, int]], out: List[Block]) -> None:
+    """Blank-line separated paragraphs inside the given (start, end) spans."""
+    for s, e in spans:
+        for m in re.finditer(r"\S(?:.*?\S)?(?=\n[ \t]*\n|\s*\Z)", text[s:e], re.S):
+            out.append(Block(s + m.start(), s + m.end()))
+
+
+def parse_plain(text: str) -> List[Block]:
+    out: List[Block] = []
+    _paragraphs(text, [(0, len(text))], out)
+    return out
+
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+
+
+def parse_markdown(text: str) -> List[Block]:
+    """ATX (# ...) and setext (=== / ---) headings; '#' lines inside code fences are code, not headings."""
+    blocks: List[Block] = []
+    lines = list(_lines(text))
+    body_start, in_fence, fence = 0, False, ""
+
+    def flush(upto):
+        if upto > body_start:
+            _paragraphs(text, [(body_start, upto)], blocks)
+
+    i = 0
+    while i < len(lines):
+        off, line = lines[i]
+        f = _FENCE.match(line)
+        if f:
+            if not in_fence:
+                in_fence, fence = True, f.group(1)
+            elif f.group(1) == fence:
+                in_fence = False
+        elif not in_fence:
+            m = _ATX.match(line)
+            nxt = lines[i + 1][1] if i + 1 < len(lines) else ""
+            if m:
+                flush(off)
+                blocks.append(Block(off, off + len(line), len(m.group(1)), m.group(2).strip()))
+                body_start = off + len(line)
+            elif line.strip() and re.fullmatch(r" {0,3}(=+|-+)[ \t]*", nxt) and \
+                    (i == 0 or not lines[i - 1][1].strip()):
+                flush(off)
+                end = lines[i + 1][0] + len(nxt)
+                blocks.append(Block(off, end, 1 if nxt.strip()[0] == "=" else 2, line.strip()))
+                body_start = end
+                i += 1
+        i += 1
+    flush(len(text))
+    return blocks
+
+
+_RST_ADORN = re.compile(r"^([=\-`:'\"~^_*+#<>.!$%&(),/;?@\[\\\]{|}])\1{2,}[ \t]*$")
+
+
+def parse_rst(text: str) -> List[Block]:
+    """Section titles: a line underlined (optionally also overlined) by a repeated punctuation character.
+    Levels follow the order in which adornment styles first appear, as docutils does."""
+    blocks: List[Block] = []
+    lines = list(_lines(text))
+    styles: List[Tuple[str, bool]] = []
+    body_start = 0
+    i = 0
+    while i < len(lines):
+        off, line = lines[i]
+        title_i = None
+        if _RST_ADORN.match(line) and i + 2 < len(lines) and _RST_ADORN.match(lines[i + 2][1]) \
+                and lines[i + 1][1].strip() and line[0] == lines[i + 2][1][0]:
+            title_i, style, end_i = i + 1, (line[0], True), i + 2
+        elif line.strip() and not _RST_ADORN.match(line) and i + 1 < len(lines) \
+                and _RST_ADORN.match(lines[i + 1][1]) and len(lines[i + 1][1].rstrip()) >= len(line.rstrip()) \
+                and (i == 0 or not lines[i - 1][1].strip()):
+            title_i, style, end_i = i, (lines[i + 1][1][0], False), i + 1
+        if title_i is None:
+            i += 1
+            continue
+        if style not in styles:
+            styles.append(style)
+        if off > body_start:
+            _paragraphs(text, [(body_start, off)], blocks)
+        end = lines[end_i][0] + len(lines[end_i][1])
+        blocks.append(Block(off, end, styles.index(style) + 1, lines[title_i][1].strip()))
+        body_start = end
+        i = end_i + 1
+    if len(text) > body_start:
+        _paragraphs(text, [(body_start, len(text))], blocks)
+    return blocks
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of an HTML page; block elements become paragraph breaks, h1-h6 become headings."""
+
+    SKIP = {"script", "style", "noscript", "template", "head", "svg"}
+    BLOCK = {"p", "div", "li", "ul", "ol", "pre", "table", "tr", "section", "article", "blockquote", "dd", "dt",
+             "dl", "br", "hr", "header", "footer", "nav", "main", "aside", "figure", "figcaption", "form"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.items: List[Tuple[int, str]] = []  # (heading level or 0, text)
+        self._buf: List[str] = []
+        self._skip = 0
+        self._heading = 0
+        self._pre = 0
+
+    def _flush(self):
+        raw = "".join(self._buf)
+        txt = raw.strip("\n") if self._pre else re.sub(r"\s+", " ", raw).strip()
+        if txt.strip():
+            self.items.append((self._heading, txt))
+        self._buf = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self._skip += 1
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self._heading = int(tag[1])
+        elif tag in self.BLOCK:
+            self._flush()
+            self._pre += tag == "pre"
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self._heading = 0
+        elif tag in self.BLOCK:
+            self._flush()
+            if tag == "pre":
+                self._pre = max(0, self._pre - 1)
+
+    def handle_startendtag(self, tag, attrs):
+        if tag in ("br", "hr"):
+            self._flush()
+
+    def handle_data(self, data):
+        if not self._skip:
+            self._buf.append(data)
+
+
+def parse_html(html: str) -> Tuple[str, List[Block]]:
+    p = _HTMLText()
+    p.feed(html)
+    p.close()
+    p._flush()
+    parts, blocks, pos = [], [], 0
+    for level, txt in p.items:
+        if parts:
+            parts.append("\n\n")
+            pos += 2
+        blocks.append(Block(pos, pos + len(txt), level, txt if level else ""))
+        parts.append(txt)
+        pos += len(txt)
+    return "".join(parts), blocks
+
+
+def load_file(path) -> Document:
+    """Load one file; raises SkippedFile (a ValueError) when it is binary, undecodable or unsupported."""
+    path = Path(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise SkippedFile(f"{path}: unsupported file type (supported: {', '.join(sorted(SUFFIXES))})")
+    text = read_text(path)
+    if kind == "html":
+        text, blocks = parse_html(text)
+    else:
+        blocks = {"text": parse_plain, "markdown": parse_markdown, "rst": parse_rst}[kind](text)
+    return Document(str(path), text, blocks)
+
+
+def iter_files(paths: Iterable) -> Iterator[Tuple[Path, bool]]:
+    """(file, named_explicitly) for each supported file under the given files/folders, sorted, hidden skipped."""
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith(".") and Path(f).suffix.lower() in SUFFIXES:
+                        yield Path(root) / f, False
+        elif p.is_file():
+            yield p, True
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+
+
+def load_paths(paths, strict_explicit: bool = True) -> Iterator[Document]:
+    """Documents under files/folders. Folder contents that are not text are skipped with a warning;
+    a file named explicitly that is not loadable raises (unless strict_explicit=False)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    n = 0
+    for f, explicit in iter_files(paths):
+        try:
+            doc = load_file(f)
+        except SkippedFile as exc:
+            if explicit and strict_explicit:
+                raise
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+            continue
+        except OSError as exc:
+            if explicit and strict_explicit:
+                raise
+            warnings.warn(f"skipping {f}: {exc}", stacklevel=2)
+            continue
+        n += 1
+        yield doc
+    if n == 0:
+        raise ValueError(f"no loadable documents ({', '.join(sorted(SUFFIXES))}) found in "
+                         f"{', '.join(str(p) for p in paths)}")

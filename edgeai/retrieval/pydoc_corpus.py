@@ -1,0 +1,94 @@
+"""A document collection that every Python install carries: the standard library's own docstrings.
+
+`build_corpus()` writes one Markdown file per module (module docstring, then a heading per public class,
+method and function with its signature), so the chunker sees real section structure. Output is cached in
+`edgeai.paths.cache_dir()/corpus/pydoc-<python version>`; building takes a few seconds, once.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import os
+import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+# Modules with import side effects (open a browser, print, start GUIs) or that are not documentation.
+_SKIP = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "lib2to3", "test", "pydoc_data",
+         "ensurepip", "venv", "xxsubtype", "xxlimited", "xxlimited_35", "msilib", "winreg", "winsound",
+         "msvcrt", "_winapi", "nt", "__hello__", "__phello__"}
+# Submodules worth their own page.
+_EXTRA = ["os.path", "collections.abc", "concurrent.futures", "email.message", "email.utils", "http.client",
+          "http.server", "http.cookies", "importlib.metadata", "importlib.resources", "json.decoder",
+          "logging.handlers", "logging.config", "unittest.mock", "urllib.parse", "urllib.request",
+          "xml.etree.ElementTree", "xml.dom.minidom", "multiprocessing.pool", "asyncio.tasks",
+          "asyncio.queues", "asyncio.subprocess", "sqlite3.dbapi2", "dbm.sqlite3", "wsgiref.simple_server"]
+
+
+def default_modules() -> List[str]:
+    names = getattr(sys, "stdlib_module_names", None) or sys.builtin_module_names
+    return sorted(n for n in names if not n.startswith("_") and n not in _SKIP) + _EXTRA
+
+
+def _sig(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def render_module(mod) -> str:
+    """Markdown for one module; only objects defined in it (not re-exports) and with a docstring."""
+    name = mod.__name__
+    out = [f"# {name}", "", inspect.cleandoc(mod.__doc__ or f"The {name} module."), ""]
+    public = getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]
+    for attr in sorted(set(public)):
+        obj = getattr(mod, attr, None)
+        if obj is None or getattr(obj, "__module__", name) not in (name, "_" + name.split(".")[-1], None):
+            continue
+        doc = inspect.getdoc(obj)
+        if inspect.isclass(obj):
+            out += [f"## class {name}.{attr}{_sig(obj)}", "", doc or "", ""]
+            for m, member in sorted(vars(obj).items()):
+                if m.startswith("_") and m != "__init__":
+                    continue
+                fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+                mdoc = inspect.getdoc(fn) if callable(fn) or isinstance(member, property) else None
+                if mdoc:
+                    out += [f"### {attr}.{m}{_sig(fn) if callable(fn) else ''}", "", mdoc, ""]
+        elif inspect.isroutine(obj) and doc:
+            out += [f"## {name}.{attr}{_sig(obj)}", "", doc, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def build_corpus(out_dir: Optional[Path] = None, modules: Optional[Iterable[str]] = None,
+                 force: bool = False) -> Path:
+    """Write <module>.md files; returns the folder. Cached: a finished folder is reused unless force=True."""
+    if out_dir is None:
+        from edgeai.paths import cache_dir
+        out_dir = cache_dir() / "corpus" / f"pydoc-{sys.version_info.major}.{sys.version_info.minor}"
+    out_dir = Path(out_dir)
+    done = out_dir / ".complete"
+    if done.exists() and not force:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for name in modules or default_modules():
+        try:
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(name)
+            text = render_module(mod)
+        except Exception:  # noqa: BLE001 - a module that cannot import here (platform-specific) is just left out
+            continue
+        tmp = out_dir / f".{name}.md.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / f"{name}.md")
+        n += 1
+    if n == 0:
+        raise RuntimeError("no standard-library module could be documented")
+    done.write_text(str(n))
+    return out_dir

@@ -1,0 +1,63 @@
+"""Perplexity on a tiny model vs the NumPy reference (full context and sliding window)."""
+import json
+
+import numpy as np
+import pytest
+
+from edgeai.convert.builder import build_onnx
+from edgeai.convert.tiny import make_tiny_source
+from edgeai.evaluate import perplexity
+from helpers.reference import ReferenceLlama
+
+IDS = np.random.default_rng(5).integers(0, 256, 40)
+
+
+@pytest.fixture(scope="module")
+def src():
+    return make_tiny_source(seed=7)
+
+
+@pytest.fixture(scope="module")
+def model_dir(src, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ppl")
+    info = build_onnx(src, d, "fp32", all_logits=True, max_seq_len=64)
+    (d / "edgeai.json").write_text(json.dumps({"graph": info}))
+    return d
+
+
+def window_ppl(src, ids, window, stride):
+    """Reference sliding-window perplexity: each token after the first scored once, with <= window context."""
+    nll, done = [], 0
+    for begin in range(0, len(ids), stride):
+        w = ids[begin:begin + window]
+        lg = ReferenceLlama(src).forward(w, 0)
+        lp = lg - lg.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        for j in range(len(w) - 1):
+            if begin + j + 1 > done:
+                nll.append(-lp[j, w[j + 1]])
+        done = begin + len(w) - 1
+        if begin + window >= len(ids):
+            break
+    return float(np.exp(np.mean(nll))), len(nll)
+
+
+def test_full_context(model_dir, src):
+    r = perplexity(model_dir, IDS)
+    assert r["tokens_scored"] == len(IDS) - 1
+    assert r["ppl"] == pytest.approx(ReferenceLlama(src).perplexity(IDS), rel=1e-4)
+
+
+def test_sliding_window(model_dir, src):
+    r = perplexity(model_dir / "model.onnx", IDS, window=16, stride=8)
+    ppl, n = window_ppl(src, IDS, 16, 8)
+    assert r["tokens_scored"] == n == len(IDS) - 1
+    assert r["ppl"] == pytest.approx(ppl, rel=1e-4)
+
+
+def test_last_position_graph(src, tmp_path):
+    """A graph without all_logits still works (one token per run)."""
+    build_onnx(src, tmp_path, "fp32", max_seq_len=64)
+    r = perplexity(tmp_path, IDS[:12])
+    assert not r["all_logits_graph"]
+    assert r["ppl"] == pytest.approx(ReferenceLlama(src).perplexity(IDS[:12]), rel=1e-4)

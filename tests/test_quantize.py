@@ -1,0 +1,113 @@
+"""MatMulNBits packing, quantizers, exact GGUF mappings, and q4/q8 graphs vs the reference."""
+import numpy as np
+import onnx
+import pytest
+
+from edgeai.convert import quantize as Q
+from edgeai.convert.builder import build_onnx
+from edgeai.convert.tiny import make_tiny_source, to_q4_1, to_q8_0
+from helpers import OrtLlama
+from helpers.reference import ReferenceLlama
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_pack_roundtrip(rng, bits):
+    q = rng.integers(0, 1 << bits, (6, 96)).astype(np.uint8)
+    b = Q.pack_nbits(q, bits)
+    assert b.shape == (6, 3, 32 * bits // 8) and b.dtype == np.uint8
+    assert np.array_equal(Q.unpack_nbits(b, bits), q)
+    zp = rng.integers(0, 1 << bits, (6, 3)).astype(np.uint8)  # odd block count: rows padded to bytes
+    pz = Q.pack_zero_points(zp, bits)
+    assert pz.size == 6 * (2 if bits == 4 else 3)
+    assert np.array_equal(Q.unpack_zero_points(pz, 6, 3, bits), zp)
+
+
+def test_nibble_order():
+    b = Q.pack_nbits(np.tile(np.arange(32, dtype=np.uint8) % 16, (1, 1)), 4)
+    assert b[0, 0, 0] == 0x10 and b[0, 0, 1] == 0x32  # element 2j low nibble, 2j+1 high nibble
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_rtn_error(rng, bits):
+    w = rng.standard_normal((16, 128)).astype(np.float32)
+    nw = Q.quantize_rtn(w, bits, search=False)
+    step = nw.scales.repeat(32, axis=1)
+    assert np.all(np.abs(nw.dequantize() - w) <= step * 0.5 + 1e-6)
+    if bits == 4:
+        searched = Q.quantize_rtn(w, 4, search=True)
+        assert ((searched.dequantize() - w) ** 2).sum() <= ((nw.dequantize() - w) ** 2).sum()
+
+
+def test_gguf_blocks_map_exactly(rng):
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    for bq in (to_q4_1(w), to_q8_0(w)):
+        nw = Q.from_block_quantized(bq)
+        np.testing.assert_allclose(nw.dequantize(), bq.dequantize(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(Q.map_linear(bq, "q4").dequantize(), bq.dequantize(), rtol=1e-6, atol=1e-6)
+    assert Q.from_block_quantized(to_q4_1(w), bits=8).dequantize() == pytest.approx(to_q4_1(w).dequantize())
+
+
+def test_mixed_group_falls_back(rng):
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    parts = [to_q4_1(w), to_q8_0(w)]
+    g = Q.map_group(parts, "q4")  # mixed GGUF kinds: exact in 8 bits
+    assert g.shape == (16, 64) and g.bits == 8
+    np.testing.assert_allclose(g.dequantize(), np.concatenate([p.dequantize() for p in parts]), atol=1e-6)
+    g = Q.map_group([to_q4_1(w), w], "q4")  # 4-bit both: Q4_1 part exact, float part quantized
+    assert g.bits == 4
+    np.testing.assert_allclose(g.dequantize()[:8], parts[0].dequantize(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+
+IDS = np.random.default_rng(1).integers(0, 256, 20)
+
+
+def run(src, tmp_path, quant, acc, all_logits=True):
+    info = build_onnx(src, tmp_path, quant, all_logits=all_logits, max_seq_len=64, accuracy_level=acc)
+    r = OrtLlama(tmp_path / "model.onnx", info)
+    out = [r.step(IDS[:12], 0)[0]]
+    out += [r.step(IDS[t:t + 1], t)[0] for t in range(12, len(IDS))]
+    return np.concatenate(out), info
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("quant", ["q4", "q8"])
+def test_graph_exact_on_effective_weights(tmp_path, quant):
+    """accuracy_level 0: ORT equals the reference run on the weights the graph really uses."""
+    for qlike in (False, True):
+        src = make_tiny_source(quantized_like_gguf=qlike)
+        out, _ = run(src, tmp_path / f"{qlike}", quant, 0)
+        assert np.abs(out - ReferenceLlama(Q.effective_source(src, quant)).forward(IDS, 0)).max() <= 1e-4
+
+
+def test_q4_from_gguf_blocks_is_lossless(tmp_path):
+    """Q4_1 layers + Q8_0 tied embedding map without re-quantization: q4 == the dequantized source."""
+    src = make_tiny_source(quantized_like_gguf=True)
+    ref = ReferenceLlama(src).forward(IDS, 0)
+    out0, info = run(src, tmp_path / "a0", "q4", 0)
+    assert np.abs(out0 - ref).max() <= 1e-4
+    out4, info4 = run(src, tmp_path / "a4", "q4", 4)  # int8 activations inside MatMulNBits
+    assert info4["accuracy_level"] == 4
+    assert rel(out4, ref) < 0.05 and (out4.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_q8_close_to_fp32(tmp_path):
+    src = make_tiny_source()
+    ref = ReferenceLlama(src).forward(IDS, 0)
+    out, _ = run(src, tmp_path, "q8", 4)
+    assert rel(out, ref) < 0.05 and (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_no_float_embedding_table(tmp_path):
+    src = make_tiny_source(quantized_like_gguf=True)
+    build_onnx(src, tmp_path, "q4", max_seq_len=64)
+    m = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    c = src.config
+    for t in m.graph.initializer:
+        assert not (t.data_type == onnx.TensorProto.FLOAT and c.vocab_size in t.dims and c.hidden_size in t.dims)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("MatMulNBits") == 4 * c.num_layers + 1  # fused qkv, o, fused gate_up, down; head
