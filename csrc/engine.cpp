@@ -1,0 +1,179 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace edgeai {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+Engine::Engine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int head_dim, int max_seq, int n_vocab,
+               size_t prompt_cache_bytes, int prefill_chunk)
+    : forward_(std::move(forward)), kv_(layers, kv_heads, head_dim, max_seq), cache_(prompt_cache_bytes),
+      n_vocab_(n_vocab), prefill_chunk_(prefill_chunk) {
+    if (!forward_) throw std::invalid_argument("engine needs a forward implementation");
+    if (n_vocab <= 0 || prefill_chunk <= 0) throw std::invalid_argument("n_vocab and prefill_chunk must be positive");
+    logits_.resize(n_vocab_);
+}
+
+void Engine::clear_cache() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cache_.clear();
+    live_.clear();
+}
+
+void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r) {
+    auto t0 = Clock::now();
+    if (logits_.size() < static_cast<size_t>(batch) * n_vocab_) logits_.resize(static_cast<size_t>(batch) * n_vocab_);
+    forward_->run(kv_, batch, n_tokens, past_len, tokens_.data(), logits_.data());
+    r.forward_s += seconds_since(t0);
+}
+
+// Makes row 0 of the cache hold the longest available prefix of `prompt` and returns its length. At least
+// the last prompt token is always recomputed: its logits start generation.
+int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
+    const size_t limit = prompt.size() - 1;
+    size_t live = std::min(common_prefix(live_, prompt), limit);
+    if (!use_cache) return static_cast<int>(live);
+    size_t shared = 0;
+    const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
+    shared = std::min(shared, limit);
+    if (hit && shared > live) {
+        kv_.restore(hit->kv, static_cast<int>(hit->tokens.size()), static_cast<int>(shared));
+        live_.assign(prompt.begin(), prompt.begin() + shared);
+        return static_cast<int>(shared);
+    }
+    return static_cast<int>(live);
+}
+
+void Engine::prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r) {
+    auto t0 = Clock::now();
+    live_.resize(from);
+    const int n = static_cast<int>(prompt.size());
+    for (int pos = from; pos < n; pos += prefill_chunk_) {
+        int len = std::min(prefill_chunk_, n - pos);
+        tokens_.assign(prompt.begin() + pos, prompt.begin() + pos + len);
+        live_.clear();  // until the chunk is written, the cache row is in an unknown state
+        forward(1, len, pos, r);
+        live_.assign(prompt.begin(), prompt.begin() + pos + len);
+    }
+    r.prefill_s = seconds_since(t0);
+}
+
+GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
+                                const TokenCallback& on_token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto start = Clock::now();
+    cancel_.store(false);
+    if (prompt.empty()) throw std::invalid_argument("prompt is empty: nothing to continue from");
+    if (static_cast<int>(prompt.size()) >= kv_.max_seq())
+        throw std::length_error("prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
+                                std::to_string(kv_.max_seq()) + " (including at least one generated token)");
+    for (int32_t t : prompt)
+        if (t < 0 || t >= n_vocab_) throw std::invalid_argument("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    if (p.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
+    if (p.num_beams < 1) throw std::invalid_argument("num_beams must be >= 1");
+    if (p.num_beams == 1 && !chain) throw std::invalid_argument("sampling needs a sampler chain");
+
+    GenerateResult r;
+    r.prompt_tokens = static_cast<int>(prompt.size());
+    if (p.num_beams > 1 && kv_.batch_capacity() < p.num_beams) {
+        kv_.ensure_batch(p.num_beams);  // a reallocation drops whatever was cached in the rows
+        live_.clear();
+    }
+    int from = reuse_prefix(prompt, p.use_prompt_cache);
+    r.reused_tokens = from;
+    prefill(prompt, from, r);
+    if (p.use_prompt_cache && prompt.size() > static_cast<size_t>(from) && prompt.size() >= 8)
+        cache_.insert(prompt, kv_.snapshot(static_cast<int>(prompt.size())));
+
+    if (p.num_beams > 1)
+        beam_loop(prompt, p, r);
+    else
+        sample_loop(prompt, chain, p, on_token, r, start);
+    return r;
+}
+
+void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
+                         const TokenCallback& on_token, GenerateResult& r, Clock::time_point start) {
+    std::vector<int32_t> history(prompt);  // what the penalties look at
+    std::vector<int32_t> out;
+    auto decode_start = Clock::now();
+    double forward_before = r.forward_s;
+    int pos = static_cast<int>(prompt.size());
+    r.finish_reason = "length";
+    while (true) {
+        if (cancel_.load()) {
+            r.finish_reason = "cancelled";
+            break;
+        }
+        TokenHistory h{history.data(), history.size()};
+        int32_t tok = chain->sample(logits_.data(), n_vocab_, h);
+        if (out.empty()) r.ttft_s = seconds_since(start);
+        out.push_back(tok);
+        history.push_back(tok);
+        if (std::find(p.eos_ids.begin(), p.eos_ids.end(), tok) != p.eos_ids.end()) {
+            r.finish_reason = "stop";
+            break;
+        }
+        if (on_token && !on_token(tok)) {
+            r.finish_reason = cancel_.load() ? "cancelled" : "stop";
+            break;
+        }
+        if (static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq()) break;
+        tokens_.assign(1, tok);
+        live_.clear();
+        forward(1, 1, pos, r);
+        ++pos;
+        live_.assign(history.begin(), history.begin() + pos);
+        ++r.decode_steps;
+    }
+    r.decode_s = seconds_since(decode_start);
+    r.decode_forward_s = r.forward_s - forward_before;
+    r.sequences.push_back(std::move(out));
+}
+
+void Engine::beam_loop(const std::vector<int32_t>& prompt, const GenerateParams& p, GenerateResult& r) {
+    const int nb = p.num_beams;
+    const int plen = static_cast<int>(prompt.size());
+    const int max_new = std::min(p.max_new_tokens, kv_.max_seq() - plen);
+    BeamSearch beams(nb, n_vocab_, p.eos_ids, p.length_penalty, p.early_stopping, max_new);
+    auto decode_start = Clock::now();
+    double forward_before = r.forward_s;
+    // Every beam starts from the prompt: copy its cache row and logits.
+    for (int b = 1; b < nb; ++b) kv_.copy_row(0, b, plen);
+    logits_.resize(static_cast<size_t>(nb) * n_vocab_);
+    for (int b = 1; b < nb; ++b) std::copy(logits_.begin(), logits_.begin() + n_vocab_, logits_.begin() + b * n_vocab_);
+    r.finish_reason = "length";
+    int pos = plen;
+    while (true) {
+        beams.step(logits_.data());
+        if (r.ttft_s == 0) r.ttft_s = r.prefill_s + seconds_since(decode_start);
+        if (beams.done()) break;
+        if (cancel_.load()) {
+            r.finish_reason = "cancelled";
+            break;
+        }
+        kv_.gather_rows(beams.parents(), pos);
+        tokens_.assign(beams.next_tokens().begin(), beams.next_tokens().end());
+        forward(nb, 1, pos, r);
+        ++pos;
+        ++r.decode_steps;
+    }
+    live_.clear();  // rows were reordered: no reusable prefix in row 0
+    for (const auto& h : beams.finalize(std::min(p.num_return_sequences, nb))) {
+        r.sequences.push_back(h.tokens);
+        r.scores.push_back(h.score);
+        if (r.finish_reason != "cancelled" && !h.tokens.empty() &&
+            std::find(p.eos_ids.begin(), p.eos_ids.end(), h.tokens.back()) != p.eos_ids.end() && r.sequences.size() == 1)
+            r.finish_reason = "stop";
+    }
+    r.decode_s = seconds_since(decode_start);
+    r.decode_forward_s = r.forward_s - forward_before;
+}
+
+}  // namespace edgeai

@@ -1,0 +1,83 @@
+// The decode engine: prefill, the decode loop, sampling or beam search, stop conditions, streaming
+// callbacks, cancellation and prefix reuse. The model forward pass is behind `Forward` (forward.h).
+//
+// Threading: generate() calls on one engine are serialised by a mutex (requests queue); cancel() may be
+// called from any thread at any time and stops the generation in flight at the next token.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "beam_search.h"
+#include "forward.h"
+#include "kv_cache.h"
+#include "prompt_cache.h"
+#include "sampling.h"
+
+namespace edgeai {
+
+struct GenerateParams {
+    int max_new_tokens = 128;
+    std::vector<int32_t> eos_ids;
+    int num_beams = 1;
+    float length_penalty = 1.0f;
+    EarlyStopping early_stopping = EarlyStopping::kHeuristic;
+    int num_return_sequences = 1;
+    bool use_prompt_cache = true;
+};
+
+struct GenerateResult {
+    std::vector<std::vector<int32_t>> sequences;  // generated tokens (eos included when it ended on eos)
+    std::vector<float> scores;                    // beam scores (empty for sampling)
+    std::string finish_reason;                    // "stop" (eos or callback), "length", "cancelled"
+    int prompt_tokens = 0;
+    int reused_tokens = 0;  // prompt tokens whose KV came from the prefix cache
+    double ttft_s = 0, prefill_s = 0, decode_s = 0, forward_s = 0, decode_forward_s = 0;
+    int decode_steps = 0;
+};
+
+// Called with each new token (sampling only); returning false stops generation (a stop string matched,
+// or the consumer went away).
+using TokenCallback = std::function<bool(int32_t)>;
+
+class Engine {
+public:
+    Engine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int head_dim, int max_seq, int n_vocab,
+           size_t prompt_cache_bytes, int prefill_chunk);
+
+    GenerateResult generate(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
+                            const TokenCallback& on_token);
+    void cancel() { cancel_.store(true); }
+    void clear_cache();
+
+    KVCache& kv() { return kv_; }
+    int max_seq() const { return kv_.max_seq(); }
+    int n_vocab() const { return n_vocab_; }
+    PromptCache& prompt_cache() { return cache_; }
+
+private:
+    using Clock = std::chrono::steady_clock;
+    int reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache);
+    void prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r);
+    void forward(int batch, int n_tokens, int past_len, GenerateResult& r);
+    void sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
+                     const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);
+    void beam_loop(const std::vector<int32_t>& prompt, const GenerateParams& p, GenerateResult& r);
+
+    std::shared_ptr<Forward> forward_;
+    KVCache kv_;
+    PromptCache cache_;
+    int n_vocab_, prefill_chunk_;
+    std::vector<int64_t> tokens_;
+    std::vector<float> logits_;
+    std::vector<int32_t> live_;  // tokens whose keys/values are valid in row 0 of the cache, in order
+    std::atomic<bool> cancel_{false};
+    std::mutex mu_;
+};
+
+}  // namespace edgeai

@@ -1,0 +1,28 @@
+#include "forward.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace edgeai {
+
+void FakeForward::run(KVCache& kv, int batch, int n_tokens, int past_len, const int64_t* tokens, float* logits) {
+    if (past_len + n_tokens > kv.max_seq()) throw std::out_of_range("fake forward: past the end of the KV cache");
+    ++calls;
+    tokens_processed += static_cast<long long>(batch) * n_tokens;
+    const size_t row = static_cast<size_t>(kv.kv_heads()) * kv.max_seq() * kv.head_dim();
+    float* k = kv.key(0);
+    for (int b = 0; b < batch; ++b) {
+        float* slot = k + b * row;  // head 0, element 0 of each position holds "the token seen there"
+        for (int i = 0; i < n_tokens; ++i)
+            slot[static_cast<size_t>(past_len + i) * kv.head_dim()] = static_cast<float>(tokens[b * n_tokens + i]);
+        // A rolling hash of the whole row, read back from the cache.
+        double h = 0.0;
+        for (int p = 0; p < past_len + n_tokens; ++p)
+            h = std::fmod(h * 31.0 + slot[static_cast<size_t>(p) * kv.head_dim()] + 7.0, 1000003.0);
+        float* out = logits + static_cast<size_t>(b) * n_vocab_;
+        for (int v = 0; v < n_vocab_; ++v)
+            out[v] = static_cast<float>(3.0 * std::cos(0.61 * v + 0.013 * h) + 0.5 * std::sin(0.17 * v * (1 + std::fmod(h, 5.0))));
+    }
+}
+
+}  // namespace edgeai

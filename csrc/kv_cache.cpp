@@ -1,0 +1,72 @@
+#include "kv_cache.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace edgeai {
+
+KVCache::KVCache(int layers, int kv_heads, int head_dim, int max_seq)
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), max_seq_(max_seq) {
+    if (layers <= 0 || kv_heads <= 0 || head_dim <= 0 || max_seq <= 0)
+        throw std::invalid_argument("KV cache dimensions must be positive");
+    ensure_batch(1);
+}
+
+void KVCache::ensure_batch(int batch) {
+    if (batch <= batch_) return;
+    buffers_.clear();
+    for (int i = 0; i < 2 * layers_; ++i)
+        // new float[] without value-initialisation: pages stay untouched (not resident) until written.
+        buffers_.emplace_back(new float[row_floats() * batch]);
+    batch_ = batch;
+    ++version_;
+}
+
+void KVCache::copy_row(int src, int dst, int n) {
+    if (src == dst) return;
+    const size_t run = static_cast<size_t>(n) * head_dim_;
+    for (auto& buf : buffers_)
+        for (int h = 0; h < kv_heads_; ++h) {
+            const size_t head = static_cast<size_t>(h) * max_seq_ * head_dim_;
+            std::memcpy(buf.get() + dst * row_floats() + head, buf.get() + src * row_floats() + head, run * sizeof(float));
+        }
+}
+
+void KVCache::gather_rows(const std::vector<int32_t>& parents, int n) {
+    const int rows = static_cast<int>(parents.size());
+    const size_t run = static_cast<size_t>(n) * head_dim_;
+    std::vector<float> tmp(static_cast<size_t>(rows) * kv_heads_ * run);
+    for (auto& buf : buffers_) {
+        for (int b = 0; b < rows; ++b)
+            for (int h = 0; h < kv_heads_; ++h)
+                std::memcpy(tmp.data() + (static_cast<size_t>(b) * kv_heads_ + h) * run,
+                            buf.get() + parents[b] * row_floats() + static_cast<size_t>(h) * max_seq_ * head_dim_,
+                            run * sizeof(float));
+        for (int b = 0; b < rows; ++b)
+            for (int h = 0; h < kv_heads_; ++h)
+                std::memcpy(buf.get() + b * row_floats() + static_cast<size_t>(h) * max_seq_ * head_dim_,
+                            tmp.data() + (static_cast<size_t>(b) * kv_heads_ + h) * run, run * sizeof(float));
+    }
+}
+
+std::vector<float> KVCache::snapshot(int n) const {
+    const size_t run = static_cast<size_t>(n) * head_dim_;
+    std::vector<float> out(buffers_.size() * kv_heads_ * run);
+    float* o = out.data();
+    for (const auto& buf : buffers_)
+        for (int h = 0; h < kv_heads_; ++h, o += run)
+            std::memcpy(o, buf.get() + static_cast<size_t>(h) * max_seq_ * head_dim_, run * sizeof(float));
+    return out;
+}
+
+void KVCache::restore(const std::vector<float>& snap, int snap_len, int n) {
+    const size_t stride = static_cast<size_t>(snap_len) * head_dim_;
+    if (n > snap_len || snap.size() < buffers_.size() * kv_heads_ * stride) throw std::logic_error("KV snapshot too short");
+    const float* s = snap.data();
+    for (auto& buf : buffers_)
+        for (int h = 0; h < kv_heads_; ++h, s += stride)
+            std::memcpy(buf.get() + static_cast<size_t>(h) * max_seq_ * head_dim_, s,
+                        static_cast<size_t>(n) * head_dim_ * sizeof(float));
+}
+
+}  // namespace edgeai

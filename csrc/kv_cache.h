@@ -1,0 +1,49 @@
+// The KV cache memory, owned by the core and lent to the forward pass (zero copies).
+//
+// Layout per layer, for keys and for values: [batch, kv_heads, max_seq, head_dim] float32, the layout
+// GroupQueryAttention reads and writes in place. Memory comes from the OS untouched, so only the
+// positions actually written become resident: a 8k-token context costs nothing until it is used.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace edgeai {
+
+class KVCache {
+public:
+    KVCache(int layers, int kv_heads, int head_dim, int max_seq);
+
+    // Makes room for `batch` rows; a reallocation keeps nothing (the caller re-fills) and bumps version().
+    void ensure_batch(int batch);
+
+    float* key(int layer) { return buffers_[2 * layer].get(); }
+    float* value(int layer) { return buffers_[2 * layer + 1].get(); }
+    int layers() const { return layers_; }
+    int kv_heads() const { return kv_heads_; }
+    int head_dim() const { return head_dim_; }
+    int max_seq() const { return max_seq_; }
+    int batch_capacity() const { return batch_; }
+    uint64_t version() const { return version_; }
+    size_t bytes_per_position() const { return static_cast<size_t>(2) * layers_ * kv_heads_ * head_dim_ * sizeof(float); }
+
+    // Copies positions [0, n) of row src into row dst (every layer, keys and values).
+    void copy_row(int src, int dst, int n);
+    // Beam reordering: new row b = old row parents[b], positions [0, n).
+    void gather_rows(const std::vector<int32_t>& parents, int n);
+    // Compact copy of positions [0, n) of row 0; restore() puts back its first n positions
+    // (n <= snap_len, the length the snapshot was taken with).
+    std::vector<float> snapshot(int n) const;
+    void restore(const std::vector<float>& snap, int snap_len, int n);
+
+private:
+    size_t row_floats() const { return static_cast<size_t>(kv_heads_) * max_seq_ * head_dim_; }
+    int layers_, kv_heads_, head_dim_, max_seq_;
+    int batch_ = 0;
+    uint64_t version_ = 0;
+    std::vector<std::unique_ptr<float[]>> buffers_;
+};
+
+}  // namespace edgeai

