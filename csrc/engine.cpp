@@ -24,6 +24,7 @@ void Engine::clear_cache() {
     std::lock_guard<std::mutex> lock(mu_);
     cache_.clear();
     live_.clear();
+    last_prompt_.clear();
 }
 
 void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r) {
@@ -81,6 +82,12 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
 
     GenerateResult r;
     r.prompt_tokens = static_cast<int>(prompt.size());
+    // Snapshots are taken lazily: only when this request is about to overwrite the previous prompt's KV
+    // in row 0 (a single conversation reuses row 0 directly and never pays for a copy).
+    if (p.use_prompt_cache && !last_prompt_.empty() && common_prefix(live_, last_prompt_) == last_prompt_.size() &&
+        common_prefix(last_prompt_, prompt) < last_prompt_.size())
+        cache_.insert(last_prompt_, kv_.snapshot(static_cast<int>(last_prompt_.size())));
+    last_prompt_.clear();
     if (p.num_beams > 1 && kv_.batch_capacity() < p.num_beams) {
         kv_.ensure_batch(p.num_beams);  // a reallocation drops whatever was cached in the rows
         live_.clear();
@@ -88,8 +95,7 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     int from = reuse_prefix(prompt, p.use_prompt_cache);
     r.reused_tokens = from;
     prefill(prompt, from, r);
-    if (p.use_prompt_cache && prompt.size() > static_cast<size_t>(from) && prompt.size() >= 8)
-        cache_.insert(prompt, kv_.snapshot(static_cast<int>(prompt.size())));
+    if (p.use_prompt_cache && prompt.size() >= 8) last_prompt_ = prompt;
 
     if (p.num_beams > 1)
         beam_loop(prompt, p, r);

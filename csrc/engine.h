@@ -76,6 +76,7 @@ private:
     std::vector<int64_t> tokens_;
     std::vector<float> logits_;
     std::vector<int32_t> live_;  // tokens whose keys/values are valid in row 0 of the cache, in order
+    std::vector<int32_t> last_prompt_;  // the previous prompt, snapshotted before row 0 is overwritten
     std::atomic<bool> cancel_{false};
     std::mutex mu_;
 };

@@ -9,9 +9,11 @@ import sys
 
 # (module, attribute) pairs; each module's add_parser registers one or more subcommands.
 _COMMANDS = [
-    "edgeai.commands.sample",
+    "edgeai.commands.generate",
     "edgeai.commands.models",
     "edgeai.commands.retrieval",
+    "edgeai.commands.evaluate",
+    "edgeai.commands.bench",
 ]
 
 

@@ -22,11 +22,33 @@ class ModelExistsError(FileExistsError):
     """The destination already holds a model and force was not given."""
 
 
-def build_onnx(source, out_dir, quant="fp32", all_logits=False, max_seq_len=None) -> dict:
+def build_onnx(source, out_dir, quant="fp32", all_logits=False, max_seq_len=None, precise_mlp_layers=()) -> dict:
     """Indirection to the graph builder (imported late: it pulls in onnx); tests monkeypatch this."""
     from .builder import build_onnx as _build
 
-    return _build(source, Path(out_dir), quant=quant, all_logits=all_logits, max_seq_len=max_seq_len)
+    return _build(source, Path(out_dir), quant=quant, all_logits=all_logits, max_seq_len=max_seq_len,
+                  precise_mlp_layers=precise_mlp_layers)
+
+
+CALIBRATION_MESSAGES = [
+    {"role": "user", "content": "What is the capital of France? Answer in one sentence, then count to 5."},
+    {"role": "assistant", "content": "The capital of France is Paris. 1, 2, 3, 4, 5."},
+]
+
+
+def calibration_layers(source: SourceModel) -> list:
+    """Massive-activation layers of `source` on a short chat prompt (see calibrate.py)."""
+    from ..tokenizer import Tokenizer
+    from .calibrate import massive_activation_layers
+
+    special = {k: v for k, v in (source.special_tokens or {}).items()}
+    tok = Tokenizer(source.tokenizer_json, source.chat_template, special)
+    try:
+        text = tok.apply_chat_template(CALIBRATION_MESSAGES, add_generation_prompt=False)
+    except Exception:  # a template that rejects these roles: plain text still shows the big outliers
+        text = "\n".join(m["content"] for m in CALIBRATION_MESSAGES)
+    ids = tok.encode(text)[:256]
+    return massive_activation_layers(source, ids)
 
 
 def load_source(src) -> SourceModel:
@@ -122,8 +144,13 @@ def _convert(src, out_dir: Path, quant, force, all_logits, max_seq_len, steps):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out_dir)
     try:
+        precise = []
+        if quant != "fp32":
+            steps("calibrate (find massive-activation layers)")
+            precise = calibration_layers(source)
         steps(f"build ONNX graph ({quant})")
-        graph = build_onnx(source, tmp, quant=quant, all_logits=all_logits, max_seq_len=max_seq_len)
+        graph = build_onnx(source, tmp, quant=quant, all_logits=all_logits, max_seq_len=max_seq_len,
+                           precise_mlp_layers=precise)
         steps("write tokenizer and manifest")
         (tmp / "tokenizer.json").write_text(source.tokenizer_json, encoding="utf-8")
         cfg = source.config
