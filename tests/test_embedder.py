@@ -145,3 +145,32 @@ def test_real_minilm_vs_sentence_transformers(tmp_path):
     for quant in json.loads((tmp_path / "out" / "edgeai.json").read_text())["model_files"]:
         got = Embedder(tmp_path / "out", quant=quant).encode(texts)
         assert (got * ref).sum(1).min() >= 0.99, quant
+
+
+def test_concurrent_encode(tiny_embed_model):
+    import threading
+    emb = Embedder(tiny_embed_model, cache_size=0)
+    want = emb.encode(TEXTS, use_cache=False)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                assert np.allclose(emb.encode(TEXTS, use_cache=False), want, atol=1e-6)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_damaged_disk_cache_is_ignored(tiny_embed_model, tmp_path):
+    bad = tmp_path / "c.sqlite"
+    bad.write_bytes(b"garbage" * 1000)
+    with pytest.warns(UserWarning, match="embedding cache"):
+        emb = Embedder(tiny_embed_model, cache_path=bad)
+    assert emb.encode(["still works"]).shape == (1, 32)

@@ -61,3 +61,25 @@ def test_last_position_graph(src, tmp_path):
     r = perplexity(tmp_path, IDS[:12])
     assert not r["all_logits_graph"]
     assert r["ppl"] == pytest.approx(ReferenceLlama(src).perplexity(IDS[:12]), rel=1e-4)
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_quant_quality(smollm2_source, tmp_path):
+    """Real model, 192 tokens of English: fp32 graph == NumPy reference; q4 (exact Q4_1 mapping) at
+    accuracy_level 0 == fp32; at level 4 (int8 activations) within 2%."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    lic = Path("/usr/share/common-licenses/GPL-3")
+    text = lic.read_text() if lic.exists() else "The quick brown fox jumps over the lazy dog. " * 40
+    ids = Tokenizer.from_str(smollm2_source.tokenizer_json).encode(text, add_special_tokens=False).ids[:192]
+    ppl = {}
+    for name, quant, acc in (("fp32", "fp32", 0), ("q4_0", "q4", 0), ("q4_4", "q4", 4)):
+        d = tmp_path / name
+        build_onnx(smollm2_source, d, quant, all_logits=True, max_seq_len=256, accuracy_level=acc)
+        ppl[name] = perplexity(d, ids, threads=2)["ppl"]
+    assert ppl["fp32"] == pytest.approx(ReferenceLlama(smollm2_source).perplexity(ids), rel=1e-4)
+    assert ppl["q4_0"] == pytest.approx(ppl["fp32"], rel=1e-4)
+    assert ppl["q4_4"] == pytest.approx(ppl["fp32"], rel=0.02)

@@ -76,10 +76,11 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize("quant", ["q4", "q8"])
-def test_graph_exact_on_effective_weights(tmp_path, quant):
+@pytest.mark.parametrize("kw", [{}, {"attention_bias": True, "tie_word_embeddings": False}])
+def test_graph_exact_on_effective_weights(tmp_path, quant, kw):
     """accuracy_level 0: ORT equals the reference run on the weights the graph really uses."""
     for qlike in (False, True):
-        src = make_tiny_source(quantized_like_gguf=qlike)
+        src = make_tiny_source(quantized_like_gguf=qlike, **kw)
         out, _ = run(src, tmp_path / f"{qlike}", quant, 0)
         assert np.abs(out - ReferenceLlama(Q.effective_source(src, quant)).forward(IDS, 0)).max() <= 1e-4
 
@@ -111,3 +112,14 @@ def test_no_float_embedding_table(tmp_path):
         assert not (t.data_type == onnx.TensorProto.FLOAT and c.vocab_size in t.dims and c.hidden_size in t.dims)
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MatMulNBits") == 4 * c.num_layers + 1  # fused qkv, o, fused gate_up, down; head
+
+
+def test_accuracy_level_per_role(tmp_path):
+    src = make_tiny_source(quantized_like_gguf=True)
+    info = build_onnx(src, tmp_path, "q4", max_seq_len=64, accuracy_level={"down": 0, "lm_head": 0})
+    assert info["accuracy_level"]["down"] == 0 and info["accuracy_level"]["qkv"] == 4
+    m = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    levels = {n.input[1]: next(a.i for a in n.attribute if a.name == "accuracy_level")
+              for n in m.graph.node if n.op_type == "MatMulNBits"}
+    assert levels["layers.0.down_proj.qweight"] == 0 and levels["layers.0.qkv_proj.qweight"] == 4
+    assert levels["embed_tokens.qweight"] == 0

@@ -36,8 +36,8 @@ class FakeLLM:
         self.reply, self.messages = reply, None
         self.tokenizer = SimpleNamespace(encode=lambda s: s.split())
 
-    def chat(self, messages, max_new_tokens=256, temperature=0.0, stream=False):
-        self.messages = messages
+    def chat(self, messages, max_new_tokens=256, temperature=0.0, stream=False, **kw):
+        self.messages, self.kwargs = messages, kw
         if stream:
             return iter(self.reply.split(" "))  # pieces
         return SimpleNamespace(text=self.reply)
@@ -74,6 +74,11 @@ def test_add_is_incremental_and_persistent(tmp_path):
     again = RAG(FakeLLM(), BagOfWordsEmbedder(), tmp_path / "idx")  # reopened from disk
     assert len(again.index) == len(rag.index) and again.add([docs])["unchanged"] == 3
     assert n_chunks > 0
+
+    (docs / "evil.txt").unlink()  # a file gone from a re-added folder leaves the index
+    s = again.add([docs])
+    assert (s["removed"], s["unchanged"]) == (1, 2)
+    assert len(again.index) == again.store.count() and not any("evil" in f for f in again.store.files())
 
 
 def test_damaged_index_file_is_rebuilt_from_store(tmp_path):
@@ -158,3 +163,43 @@ def test_with_real_embedder_pipeline(tmp_path, tiny_embed_model):
     assert rag.add([_docs(tmp_path)])["chunks"] > 0
     assert (tmp_path / "idx" / "embcache.sqlite").exists()
     assert len(rag.ask("open a file", k=2).sources) == 2
+
+
+def test_pydoc_corpus(tmp_path):
+    from edgeai.retrieval.loaders import load_paths
+    from edgeai.retrieval.pydoc_corpus import build_corpus
+    out = build_corpus(tmp_path / "corpus", modules=["heapq", "json", "no_such_module_xyz"])
+    assert sorted(p.name for p in out.glob("*.md")) == ["heapq.md", "json.md"]
+    text = (out / "heapq.md").read_text()
+    assert text.startswith("# heapq\n") and "## heapq.heappush(" in text
+    docs = list(load_paths([out]))
+    assert any(b.title.startswith("heapq.heappush") for d in docs for b in d.blocks)
+    assert build_corpus(tmp_path / "corpus", modules=["os"]) == out  # cached: not rebuilt
+    assert not (out / "os.md").exists()
+
+
+def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
+    from edgeai.cli import main
+    from edgeai.commands import retrieval as cmd
+    docs = _docs(tmp_path)
+    idx = tmp_path / "idx"
+    assert main(["index", str(docs), "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
+    assert "3 new" in capsys.readouterr().err
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model),
+                 "--sources-only", "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "[1] " in out and "[2] " in out
+    monkeypatch.setattr(cmd, "_load_llm", lambda name: (None, "edgeai.LLM is not available"))
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 1
+    assert "edgeai.LLM is not available" in capsys.readouterr().out
+    monkeypatch.setattr(cmd, "_load_llm", lambda name: (FakeLLM("It opens [1]."), None))
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Itopens[1].") and "Sources:" in out  # FakeLLM streams words without spaces
+
+
+def test_damaged_store_is_a_clear_error(tmp_path):
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "docs.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ValueError, match="document store"):
+        RAG(FakeLLM(), BagOfWordsEmbedder(), tmp_path / "idx")

@@ -23,8 +23,10 @@ def add_parser(sub) -> None:
     a.add_argument("--docs", nargs="*", default=None, help="index these files/folders first")
     a.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
     a.add_argument("--llm", default="smollm2-135m", help="language model name or folder")
-    a.add_argument("-k", type=int, default=4, help="number of sources to retrieve")
+    a.add_argument("-k", type=int, default=3, help="number of sources to retrieve (small models do best with few)")
     a.add_argument("--max-new-tokens", type=int, default=384)
+    a.add_argument("--repetition-penalty", type=float, default=1.1,
+                   help="discourages the loops small models fall into under greedy decoding (1 = off)")
     a.add_argument("--sources-only", action="store_true", help="print the retrieved sources, no LLM")
     a.set_defaults(func=cmd_ask)
 
@@ -78,7 +80,8 @@ def cmd_ask(args) -> int:
             print("    " + chunk["text"][:400].replace("\n", "\n    "))
         return 0 if args.sources_only else 1
     rag.llm = llm
-    answer = rag.ask(args.question, k=args.k, stream=True, max_new_tokens=args.max_new_tokens)
+    extra = {"repetition_penalty": args.repetition_penalty} if args.repetition_penalty != 1.0 else {}
+    answer = rag.ask(args.question, k=args.k, stream=True, max_new_tokens=args.max_new_tokens, **extra)
     for piece in answer:
         sys.stdout.write(piece)
         sys.stdout.flush()

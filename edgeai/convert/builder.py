@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .quantize import NBitsWeight, embedding_q8, from_block_quantized, map_group, map_linear
+from .quantize import embedding_q8, from_block_quantized, map_group, map_linear
 from .weights import BlockQuantized, SourceModel, as_float
 
 OPSET = 17
@@ -180,7 +180,6 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         h = g.op("Gather", [emb_name, "input_ids"])
     else:
         ew = embedding_q8(emb_src)
-        nb = E // ew.block_size
         qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8, also the head's B
         sc = g.init("embed_tokens.scales", ew.scales)
         # w = scale*q + offset  with offset = mins - scale*zp: two row gathers dequantize exactly

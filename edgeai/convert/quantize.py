@@ -6,12 +6,14 @@ Layout (ORT contrib op spec):
     B           uint8 [N, K/block, block*bits/8]; 4-bit: element 2j in the low nibble, 2j+1 in the high nibble
     scales      float [N, K/block]
     zero_points uint8 [N, ceil(K/block * bits / 8)]; 4-bit packed like B (low nibble first)
-Integer zero points keep MatMulNBits on its fast integer path (float zero points are ~40x slower on CPU).
+Integer zero points keep MatMulNBits on its fast integer path (float zero points, which could express Q4_1
+exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU).
 
 Mappings (`map_linear`):
     GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp = round(-m/d), plus residual mins m' = m + d*zp: the
                               builder adds sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
-    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128: exact.
+    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128: exact (for q4 and q8 alike).
+    under q8 a Q4_1 source keeps its codes in 8-bit storage (same values, same mins term): still exact.
     float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
                               small per-block range-shrink search that minimises squared error (4-bit).
 """
@@ -35,7 +37,7 @@ class NBitsWeight:
     q: np.ndarray  # uint8 [N, K], 0..2^bits-1
     scales: np.ndarray  # float32 [N, K/block]
     zero_points: np.ndarray  # uint8 [N, K/block]
-    mins: Optional[np.ndarray] = None  # float32 [N, K/block]: extra additive term (GGUF Q4_1)
+    mins: Optional[np.ndarray] = None  # float32 [N, K/block]: w += mins per block (GGUF Q4_1 residual)
     block_size: int = BLOCK
     origin: str = "rtn"  # "q4_1", "q8_0" (exact mappings) or "rtn"
 

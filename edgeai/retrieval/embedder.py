@@ -117,7 +117,12 @@ class Embedder:
         """Persist embeddings in a SQLite file (e.g. <index dir>/embcache.sqlite)."""
         if self._disk is not None:
             self._disk.close()
-        self._disk = _DiskCache(Path(path))
+            self._disk = None
+        try:
+            self._disk = _DiskCache(Path(path))
+        except sqlite3.DatabaseError as exc:  # a damaged cache only costs recomputation, never an error
+            import warnings
+            warnings.warn(f"embedding cache {path} unusable ({exc}); continuing without it", stacklevel=2)
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()

@@ -2,7 +2,7 @@
 
 `build_corpus()` writes one Markdown file per module (module docstring, then a heading per public class,
 method and function with its signature), so the chunker sees real section structure. Output is cached in
-`edgeai.paths.cache_dir()/corpus/pydoc-<python version>`; building takes a few seconds, once.
+`edgeai.paths.cache_dir()/corpus/pydoc-<python version>-v<corpus version>`; building takes a few seconds, once.
 """
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import importlib
 import inspect
 import io
 import os
+import re
 import sys
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterable, List, Optional
+
+CORPUS_VERSION = 2  # bump when the rendering changes, so cached corpora are rebuilt
 
 # Modules with import side effects (open a browser, print, start GUIs) or that are not documentation.
 _SKIP = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "lib2to3", "test", "pydoc_data",
@@ -40,23 +43,28 @@ def _sig(obj) -> str:
         return "(...)"
 
 
+def _md(doc: str) -> str:
+    # A docstring line starting with '#' is a code comment, not a heading: escape it the Markdown way.
+    return re.sub(r"(?m)^( {0,3})#", r"\1\\#", doc or "")
+
+
 def render_module(mod) -> str:
     """Markdown for one module; only objects defined in it (not re-exports) and with a docstring."""
     name = mod.__name__
-    out = [f"# {name}", "", inspect.cleandoc(mod.__doc__ or f"The {name} module."), ""]
+    out = [f"# {name}", "", _md(inspect.cleandoc(mod.__doc__ or f"The {name} module.")), ""]
     public = getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]
     for attr in sorted(set(public)):
         obj = getattr(mod, attr, None)
         if obj is None or getattr(obj, "__module__", name) not in (name, "_" + name.split(".")[-1], None):
             continue
-        doc = inspect.getdoc(obj)
+        doc = _md(inspect.getdoc(obj))
         if inspect.isclass(obj):
             out += [f"## class {name}.{attr}{_sig(obj)}", "", doc or "", ""]
             for m, member in sorted(vars(obj).items()):
                 if m.startswith("_") and m != "__init__":
                     continue
                 fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
-                mdoc = inspect.getdoc(fn) if callable(fn) or isinstance(member, property) else None
+                mdoc = _md(inspect.getdoc(fn)) if callable(fn) or isinstance(member, property) else None
                 if mdoc:
                     out += [f"### {attr}.{m}{_sig(fn) if callable(fn) else ''}", "", mdoc, ""]
         elif inspect.isroutine(obj) and doc:
@@ -69,7 +77,8 @@ def build_corpus(out_dir: Optional[Path] = None, modules: Optional[Iterable[str]
     """Write <module>.md files; returns the folder. Cached: a finished folder is reused unless force=True."""
     if out_dir is None:
         from edgeai.paths import cache_dir
-        out_dir = cache_dir() / "corpus" / f"pydoc-{sys.version_info.major}.{sys.version_info.minor}"
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        out_dir = cache_dir() / "corpus" / f"pydoc-{py}-v{CORPUS_VERSION}"
     out_dir = Path(out_dir)
     done = out_dir / ".complete"
     if done.exists() and not force:

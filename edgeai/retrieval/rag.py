@@ -60,6 +60,8 @@ class Answer:
             yield self.text
             return
         for piece in self.stream:
+            if not isinstance(piece, str):  # an LLM may stream token objects carrying .text
+                piece = getattr(piece, "text", str(piece))
             self.text += piece
             yield piece
         self.stream = None
@@ -137,8 +139,17 @@ class RAG:
 
     # --- indexing ---------------------------------------------------------------------------------------------
     def add(self, paths, show_progress: Optional[bool] = None) -> dict:
-        """Index files/folders incrementally. Returns counts: added, updated, unchanged files and chunks."""
-        stats = {"added": 0, "updated": 0, "unchanged": 0, "chunks": 0}
+        """Index files/folders incrementally. Returns counts: added, updated, unchanged, removed (files gone
+        from a re-added folder) and chunks (embedded now)."""
+        stats = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0}
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        # A file that vanished from a folder being re-added leaves the index too.
+        for folder in (Path(p).resolve() for p in paths if Path(p).is_dir()):
+            for f in self.store.files():
+                if f.startswith(str(folder) + os.sep) and not Path(f).exists():
+                    self.index.delete(self.store.remove_file(f))
+                    stats["removed"] += 1
         pending = []  # (path key, digest, size, chunks)
         for doc in load_paths(paths):
             p = Path(doc.source)
@@ -166,7 +177,7 @@ class RAG:
                 self.index.add(v, [r["id"] for r in rows],
                                [{"path": key, "section": " > ".join(c.section)} for c in chunks])
             stats["chunks"] += len(rows)
-        if pending:
+        if pending or stats["removed"]:
             self.save()
         return stats
 
@@ -213,10 +224,13 @@ class RAG:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}], sources
 
     def ask(self, question: str, k: int = 4, stream: bool = False, max_new_tokens: int = 512,
-            temperature: float = 0.0, filter=None) -> Answer:
+            temperature: float = 0.0, filter=None, **llm_kwargs) -> Answer:
+        """Retrieve k chunks, fit them in the prompt template, ask the LLM. Extra keyword arguments
+        (e.g. repetition_penalty) go to llm.chat unchanged."""
         retrieved = self.retrieve(question, k=k, filter=filter)
         messages, sources = self.build_messages(question, retrieved, max_new_tokens)
-        out = self.llm.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=stream)
+        out = self.llm.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, stream=stream,
+                            **llm_kwargs)
         if stream:
             return Answer("", sources, stream=iter(out))
         return Answer(getattr(out, "text", out if isinstance(out, str) else str(out)), sources)
