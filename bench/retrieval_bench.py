@@ -183,7 +183,7 @@ def run_set(name: str, data: np.ndarray, queries: np.ndarray, threads: int) -> d
         t = time.perf_counter()
         VectorIndex.load(Path(td) / "x.vidx")
         res["load_s"] = round(time.perf_counter() - t, 2)
-    del raw, ix
+    raw = ix = None  # free both graphs before the next data set
     gc.collect()
     return res
 

@@ -37,9 +37,9 @@ void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r) {
 // Makes row 0 of the cache hold the longest available prefix of `prompt` and returns its length. At least
 // the last prompt token is always recomputed: its logits start generation.
 int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
+    if (!use_cache) return 0;  // the switch turns every kind of reuse off
     const size_t limit = prompt.size() - 1;
     size_t live = std::min(common_prefix(live_, prompt), limit);
-    if (!use_cache) return static_cast<int>(live);
     size_t shared = 0;
     const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
     shared = std::min(shared, limit);

@@ -69,6 +69,7 @@ class LLM:
                                     (prompt_cache_mb << 20) if prompt_cache else 0, prefill_chunk)
         self._forward.attach(self._engine)
         self.context_length = context_length
+        self.prompt_cache = bool(prompt_cache)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         self.load_time_s = time.perf_counter() - t0
 
@@ -132,7 +133,7 @@ class LLM:
         raise TypeError(f"prompt must be a str or a list of token ids, not {type(prompt).__name__}")
 
     def _split_params(self, kwargs):
-        gen = dict(_GENERATION_DEFAULTS)
+        gen = dict(_GENERATION_DEFAULTS, use_prompt_cache=self.prompt_cache)
         sampling = {"temperature": 0.0}  # greedy unless asked otherwise (deterministic, like transformers)
         for k, v in kwargs.items():
             if k in _SAMPLING_FIELDS:
