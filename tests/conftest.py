@@ -280,3 +280,18 @@ def tiny_embed_model(tiny_bert_src, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_embed")
     convert_folder(tiny_bert_src, out, "fp32")
     return out
+
+
+def build_tiny_llm_folder(folder, seed=0, vocab=320, max_pos=256, quant="fp32"):
+    """A complete tiny model folder (random weights, tiny BPE tokenizer, ChatML template) via the real converter."""
+    from edgeai.convert.pipeline import convert
+    from edgeai.convert.tiny import make_tiny_source
+    from edgeai.convert.tokenizer_build import make_tiny_tokenizer_json
+
+    src = make_tiny_source(vocab=vocab, max_pos=max_pos, seed=seed)
+    src.tokenizer_json = make_tiny_tokenizer_json(vocab)
+    src.chat_template = SMOLLM2_TEMPLATE
+    src.special_tokens = {"bos": None, "eos": "<|im_end|>", "pad": "<|im_end|>", "unk": "<|endoftext|>"}
+    src.source = {"format": "tiny", "name": "tiny"}
+    convert(src, folder, quant=quant, progress=False)
+    return src, folder

@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import edgeai  # noqa: E402
+from conftest import build_tiny_llm_folder  # noqa: E402
 from edgeai.convert.pipeline import convert  # noqa: E402
 from test_vs_transformers import hf_model  # noqa: E402
 
@@ -14,17 +15,7 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import SMOLLM2_TEMPLATE
-    from edgeai.convert.tiny import make_tiny_source
-    from edgeai.convert.tokenizer_build import make_tiny_tokenizer_json
-
-    src = make_tiny_source(vocab=320, max_pos=256, seed=21)
-    src.tokenizer_json = make_tiny_tokenizer_json(320)
-    src.chat_template = SMOLLM2_TEMPLATE
-    src.special_tokens = {"bos": None, "eos": "<|im_end|>", "pad": "<|im_end|>", "unk": "<|endoftext|>"}
-    src.source = {"format": "tiny", "name": "tiny"}
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    convert(src, folder, quant="fp32")
+    src, folder = build_tiny_llm_folder(tmp_path_factory.mktemp("tiny") / "model", seed=21)
     llm = edgeai.LLM(folder, threads=1, context_length=128, prompt_cache=False)
     yield src, llm, hf_model(src)
     llm.close()

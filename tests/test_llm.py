@@ -7,24 +7,13 @@ import numpy as np
 import pytest
 
 import edgeai
-from edgeai.convert.pipeline import convert
+from conftest import build_tiny_llm_folder
 from helpers.reference import ReferenceLlama
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from conftest import SMOLLM2_TEMPLATE
-    from edgeai.convert.tiny import make_tiny_source
-    from edgeai.convert.tokenizer_build import make_tiny_tokenizer_json
-
-    src = make_tiny_source(vocab=320, max_pos=256, seed=3)
-    src.tokenizer_json = make_tiny_tokenizer_json(320)
-    src.chat_template = SMOLLM2_TEMPLATE
-    src.special_tokens = {"bos": None, "eos": "<|im_end|>", "pad": "<|im_end|>", "unk": "<|endoftext|>"}
-    src.source = {"format": "tiny", "name": "tiny"}
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    convert(src, folder, quant="fp32")
-    return src, folder
+    return build_tiny_llm_folder(tmp_path_factory.mktemp("tiny") / "model", seed=3)
 
 
 @pytest.fixture(scope="module")
