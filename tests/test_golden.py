@@ -187,3 +187,22 @@ def test_retrieval_eval_on_an_index(tmp_path, capsys):
     with pytest.raises(ValueError, match="source"):
         retrieval_eval(tmp_path / "idx", _write(tmp_path / "bad.jsonl", [{"question": "x"}]),
                        embedder=_BagOfWords())
+
+
+def test_cli_retrieval(tmp_path, monkeypatch, capsys):
+    import edgeai.retrieval.embedder as emb_mod
+    from edgeai.cli import main
+    from edgeai.retrieval.rag import RAG
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "heap.md").write_text("# heapq\n\nPush an item onto the heap with heappush.\n")
+    (docs / "files.md").write_text("# Files\n\nOpen a file for reading or writing.\n")
+    RAG(None, _BagOfWords(), tmp_path / "idx").add([docs])
+    monkeypatch.setattr(emb_mod, "Embedder", lambda *a, **k: _BagOfWords())
+    qs = _write(tmp_path / "q.jsonl", [{"question": "push an item onto the heap", "source": "heap.md"}])
+    out = tmp_path / "r.json"
+    assert main(["eval", "retrieval", "--index", str(tmp_path / "idx"), "--questions", str(qs), "-k", "1", "2",
+                 "--json", str(out)]) == 0
+    assert "recall@1 1.000" in capsys.readouterr().out
+    assert json.loads(out.read_text())["mrr"] == 1.0
