@@ -25,7 +25,7 @@ setup(
     # The top-level models/ folder (one recipe per model) is installed as edgeai._recipes.
     packages=find_packages(include=["edgeai", "edgeai.*"]) + ["edgeai._recipes"],
     package_dir={"edgeai._recipes": "models"},
-    package_data={"edgeai._recipes": ["*.toml"]},
+    package_data={"edgeai._recipes": ["*.toml"], "edgeai.evaluate": ["data/*.jsonl"]},
     ext_modules=[core],
     cmdclass={"build_ext": build_ext},
 )
