@@ -6,6 +6,7 @@ import pytest
 
 from edgeai.evaluate.golden import (SMOLLM2_GOLDEN, check, compare_golden, format_report, load_cases,
                                     run_golden)
+from helpers.fakes import BagOfWordsEmbedder
 
 
 @pytest.mark.parametrize("expect,text,ok", [
@@ -132,26 +133,6 @@ def test_golden_on_a_real_tiny_llm(tmp_path, tiny_llm):
 
 # --- retrieval evaluation (edgeai.evaluate.retrieval_eval) -----------------------------------------------------
 
-class _BagOfWords:
-    """Deterministic stand-in for a sentence model: hashed word counts, L2-normalised."""
-    dims, max_length, model_id = 256, 256, "bow-golden-test"
-
-    def encode(self, texts, show_progress=None, **kw):
-        import hashlib
-        import re
-
-        import numpy as np
-
-        out = np.zeros((len(texts), self.dims), np.float32)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z0-9]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dims] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-    def count_tokens(self, texts):
-        return [len(t.split()) for t in texts]
-
-
 def test_retrieval_scores():
     from edgeai.evaluate.retrieval_eval import rank_of_first_relevant, score
 
@@ -174,19 +155,19 @@ def test_retrieval_eval_on_an_index(tmp_path, capsys):
     (docs / "heap.md").write_text("# heapq\n\nA heap queue. Push an item onto the heap with heappush.\n")
     (docs / "files.md").write_text("# Files\n\nOpen a file for reading or writing with open.\n")
     (docs / "socket.md").write_text("# Sockets\n\nConnect a socket to a server and send data.\n")
-    RAG(None, _BagOfWords(), tmp_path / "idx").add([docs])
+    RAG(None, BagOfWordsEmbedder("bow-golden-test"), tmp_path / "idx").add([docs])
     qs = _write(tmp_path / "q.jsonl", [
         {"question": "how do I push an item onto a heap", "source": "heap.md"},
         {"question": "open a file for writing", "sources": ["files.md", "other.md"]},
         {"id": "miss", "question": "connect socket server", "source": "nothere.md"}])
-    r = retrieval_eval(tmp_path / "idx", qs, ks=(1, 3), embedder=_BagOfWords())
+    r = retrieval_eval(tmp_path / "idx", qs, ks=(1, 3), embedder=BagOfWordsEmbedder("bow-golden-test"))
     assert r["questions"] == 3
     assert r["recall@1"] == pytest.approx(2 / 3) and r["recall@3"] == pytest.approx(2 / 3)
     assert r["mrr"] == pytest.approx(2 / 3)
     assert [p["rank"] for p in r["per_question"]] == [1, 1, None]
     with pytest.raises(ValueError, match="source"):
         retrieval_eval(tmp_path / "idx", _write(tmp_path / "bad.jsonl", [{"question": "x"}]),
-                       embedder=_BagOfWords())
+                       embedder=BagOfWordsEmbedder("bow-golden-test"))
 
 
 def test_cli_retrieval(tmp_path, monkeypatch, capsys):
@@ -198,8 +179,8 @@ def test_cli_retrieval(tmp_path, monkeypatch, capsys):
     docs.mkdir()
     (docs / "heap.md").write_text("# heapq\n\nPush an item onto the heap with heappush.\n")
     (docs / "files.md").write_text("# Files\n\nOpen a file for reading or writing.\n")
-    RAG(None, _BagOfWords(), tmp_path / "idx").add([docs])
-    monkeypatch.setattr(emb_mod, "Embedder", lambda *a, **k: _BagOfWords())
+    RAG(None, BagOfWordsEmbedder("bow-golden-test"), tmp_path / "idx").add([docs])
+    monkeypatch.setattr(emb_mod, "Embedder", lambda *a, **k: BagOfWordsEmbedder("bow-golden-test"))
     qs = _write(tmp_path / "q.jsonl", [{"question": "push an item onto the heap", "source": "heap.md"}])
     out = tmp_path / "r.json"
     assert main(["eval", "retrieval", "--index", str(tmp_path / "idx"), "--questions", str(qs), "-k", "1", "2",

@@ -1,32 +1,12 @@
 """RAG: incremental indexing, persistence and rebuild, the fixed prompt template, injection, budget, streaming."""
-import hashlib
-import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from edgeai.retrieval.index import VectorIndex
+from helpers.fakes import BagOfWordsEmbedder
 from edgeai.retrieval.rag import CONTEXT_CLOSE, CONTEXT_OPEN, INDEX_FILE, RAG, SYSTEM_PROMPT
-
-
-class BagOfWordsEmbedder:
-    """Deterministic stand-in for a sentence model: hashed word counts, L2-normalised."""
-    dims, max_length, model_id = 256, 256, "bow-test"
-
-    def __init__(self):
-        self.calls = 0
-
-    def encode(self, texts, show_progress=None, **kw):
-        self.calls += len(texts)
-        out = np.zeros((len(texts), self.dims), np.float32)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z0-9]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dims] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-    def count_tokens(self, texts):
-        return [len(t.split()) for t in texts]
 
 
 class FakeLLM:
