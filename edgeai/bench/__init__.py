@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import memory
+from .bytes_read import (gguf_weight_bytes_per_token, kv_bytes_per_position, model_size_bytes,  # noqa: F401
+                         onnx_weight_bytes_per_token, weight_bytes_per_token)
+from .retrieval import format_retrieval, retrieval_section, synthetic_vectors  # noqa: F401
+from .table import format_table  # noqa: F401
 
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 PROMPT_LENGTHS = (32, 128, 512, 1024)
@@ -107,112 +111,6 @@ def make_prompts(model_folder, text_path=DEFAULT_TEXT, lengths=PROMPT_LENGTHS, c
     return {"text": str(text_path), "warm": cut(len(ids) - 48, 24),
             "ttft": {str(L): cut(0, L) for L in lengths},
             "decode": {str(C): cut(half, C) for C in contexts}}
-
-
-# ------------------------------------------------------------------------------------------------ weights read
-_MATMUL_OPS = {"MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "FusedMatMul",
-               "MatMulIntegerToFloat", "QLinearMatMul", "QMoE"}
-_GATHER_OPS = {"Gather", "GatherBlockQuantized"}
-_PASS_OPS = {"Transpose", "Cast", "DequantizeLinear", "Reshape", "Identity"}
-
-
-def _onnx_init_bytes(model):
-    from onnx import helper
-
-    sizes, dims = {}, {}
-    for t in model.graph.initializer:
-        ext = {e.key: e.value for e in t.external_data}
-        if "length" in ext:
-            n = int(ext["length"])
-        elif t.raw_data:
-            n = len(t.raw_data)
-        else:
-            import numpy as np
-
-            count = int(np.prod(t.dims)) if len(t.dims) else 1
-            n = count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        sizes[t.name], dims[t.name] = n, list(t.dims)
-    return sizes, dims
-
-
-def onnx_weight_bytes_per_token(onnx_path) -> dict:
-    """Bytes of initializers one decode step reads: every initializer feeding a matrix product (through
-    Transpose/Cast/DequantizeLinear too), once each, plus one row of each gathered table that no matrix
-    product reads whole."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    sizes, dims = _onnx_init_bytes(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
-
-    def sources(name, depth=0):
-        if name in sizes:
-            return {name}
-        n = producer.get(name)
-        if n is None or depth > 3 or n.op_type not in _PASS_OPS:
-            return set()
-        out = set()
-        for i in (n.input if n.op_type == "DequantizeLinear" else n.input[:1]):  # not Reshape's shape
-            out |= sources(i, depth + 1)
-        return out
-
-    mm, gathered = set(), set()
-    for n in model.graph.node:
-        if n.op_type in _MATMUL_OPS:
-            for i in n.input:
-                mm |= sources(i)
-        elif n.op_type in _GATHER_OPS and n.input and n.input[0] in sizes:
-            gathered.add(n.input[0])
-            if n.op_type == "GatherBlockQuantized":
-                gathered |= {i for i in n.input[1:] if i in sizes}
-    rows = sum(sizes[g] // max(1, dims[g][0] if dims[g] else 1) for g in gathered - mm)
-    total = sum(sizes.values())
-    return {"matmul_bytes": sum(sizes[i] for i in mm), "gather_row_bytes": rows,
-            "bytes_per_token": sum(sizes[i] for i in mm) + rows, "all_initializer_bytes": total}
-
-
-def gguf_weight_bytes_per_token(path) -> dict:
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(path))
-    sizes = {t.name: int(t.n_bytes) for t in r.tensors}
-    emb = sizes.get("token_embd.weight", 0)
-    tied = "output.weight" not in sizes
-    rows = 0
-    if not tied and emb:
-        t = next(t for t in r.tensors if t.name == "token_embd.weight")
-        rows = emb // max(1, int(t.shape[-1]))
-    per = sum(sizes.values()) - (0 if tied else emb) + rows
-    return {"bytes_per_token": per, "all_initializer_bytes": sum(sizes.values()), "tied_embedding": tied}
-
-
-def weight_bytes_per_token(cfg: Config) -> dict | None:
-    try:
-        p = Path(cfg.model)
-        if p.suffix == ".gguf":
-            return gguf_weight_bytes_per_token(p)
-        onnx_path = p / "model.onnx" if p.is_dir() else p
-        if not onnx_path.exists():
-            cands = sorted(p.glob("*.onnx")) if p.is_dir() else []
-            if not cands:
-                return None
-            onnx_path = cands[0]
-        return onnx_weight_bytes_per_token(onnx_path)
-    except Exception as exc:  # a peer format we cannot read: no bound for it
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def model_size_bytes(path) -> int:
-    """Weight files only (.gguf, .onnx + external data, .safetensors, .bin); tokenizer files excluded."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    exts = (".gguf", ".onnx", ".data", ".onnx_data", ".safetensors", ".bin")
-    return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.name.endswith(exts))
-
-
-def kv_bytes_per_position(arch: dict, dtype_bytes=4) -> int:
-    return 2 * arch["num_layers"] * arch["num_kv_heads"] * arch["head_dim"] * dtype_bytes
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -400,55 +298,6 @@ def run_bench(models=(), peers=None, reps=3, threads=2, new=128, lengths=PROMPT_
             "configs": out_configs, "runs": runs, "busy_warnings": busy_warnings, "noisy_configs": noisy}
 
 
-# ------------------------------------------------------------------------------------------------ table
-def _fmt(m, key, scale=1.0, digits=0):
-    s = (m.get(key) or {})
-    if not s:
-        return "-"
-    med, lo, hi = s["median"] * scale, s["min"] * scale, s["max"] * scale
-    if s["n"] > 1 and hi > lo:
-        return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
-    return f"{med:.{digits}f}"
-
-
-def format_table(res: dict) -> str:
-    L, C = res["prompt_lengths"], res["decode_contexts"]
-    head = (["config", "size MB", "load s"] + [f"TTFT@{x} ms" for x in L] + [f"decode@{x} tok/s" for x in C]
-            + [f"fwd/other ms@{C[0]}", "peak RSS MB", f"bound@{C[0]} tok/s (reached)", "busy"])
-    rows = []
-    for c in res["configs"]:
-        if not c["installed"]:
-            rows.append([c["label"], "-", c.get("note") or "not installed"] + [""] * (len(head) - 3))
-            continue
-        m = c.get("metrics", {})
-        size = f"{c['size_bytes'] / 1e6:.0f}" if c.get("size_bytes") else "-"
-        fo = "-"
-        if m.get(f"fwd_ms@{C[0]}"):
-            fo = f"{m[f'fwd_ms@{C[0]}']['median']:.2f}/{m[f'other_ms@{C[0]}']['median']:.2f}"
-        b = (c.get("bandwidth_bound") or {}).get(str(C[0])) or {}
-        bound = f"{b['bound_tps']:.0f} ({b['fraction'] * 100:.0f}%)" if b.get("fraction") else "-"
-        busy = c.get("busy_cores") or {}
-        busy_s = f"{busy.get('max', 0):.2f}" + (" NOISY" if c.get("noisy") else "")
-        rows.append([c["label"], size, _fmt(m, "load_s", 1, 2)] + [_fmt(m, f"ttft_ms@{x}") for x in L]
-                    + [_fmt(m, f"tps@{x}", 1, 1) for x in C] + [fo, _fmt(m, "peak_rss_mb"), bound, busy_s])
-        if c.get("errors"):
-            rows.append(["  error: " + "; ".join(c["errors"])[:150]] + [""] * (len(head) - 1))
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)  # noqa: E731
-                               for i, (x, w) in enumerate(zip(r, widths)))
-    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    bw = res["bandwidth"]
-    out.append("read bandwidth: " + ", ".join(f"{k.replace('_', ' ')} {v['gbps']:.1f} GB/s" for k, v in bw.items())
-               + f"; medians (min-max) of {res['meta']['reps']} reps, {res['meta']['threads']} threads, "
-               f"{res['meta']['new_tokens']} new tokens; busy = max cores used by other processes during a run")
-    for w in res.get("busy_warnings", []):
-        out.append("WARNING: " + w)
-    if res.get("noisy_configs"):
-        out.append("WARNING: every run of " + ", ".join(res["noisy_configs"]) + f" was disturbed (> "
-                   f"{res['meta']['max_busy']} busy cores): those figures are noisy")
-    return "\n".join(out)
-
-
 # ------------------------------------------------------------------------------------------------ peers config
 def default_peer_config() -> dict:
     """$EDGEAI_PEERS/peer_models.json or /work/peers/peer_models.json (written by setup_peers.sh), else the
@@ -459,74 +308,3 @@ def default_peer_config() -> dict:
     return {"llamacpp": {}, "genai": {}, "optimum": {}}
 
 
-# ------------------------------------------------------------------------------------------------ retrieval
-def _retrieval_bench_module():
-    """The repository's bench/retrieval_bench.py (another engineer's), when this is a source checkout."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent.parent / "bench" / "retrieval_bench.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("edgeai_retrieval_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception:  # noqa: BLE001 - fall back to the small built-in measurement
-        return None
-    return mod if hasattr(mod, "run_set") else None
-
-
-def synthetic_vectors(n, dim, queries=500, clusters=64, seed=0):
-    """Clustered Gaussian vectors (closer to real embeddings than uniform noise); queries held out."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, dim)).astype(np.float32)
-    lab = rng.integers(0, clusters, n + queries)
-    x = centers[lab] + 0.6 * rng.standard_normal((n + queries, dim)).astype(np.float32)
-    return x[:n], x[n:]
-
-
-def retrieval_section(n=50000, dim=128, queries=500, threads=2) -> dict:
-    """Index build time and memory, QPS and recall@10 at several ef values (VectorIndex vs raw hnswlib),
-    using bench/retrieval_bench.py's run_set when available."""
-    data, q = synthetic_vectors(n, dim, queries)
-    mod = _retrieval_bench_module()
-    if mod is not None:
-        r = mod.run_set(f"synthetic{dim}", data, q, threads)
-        r["source"] = "bench/retrieval_bench.py run_set"
-        return r
-    import numpy as np
-
-    from ..retrieval.index import VectorIndex
-
-    t = time.perf_counter()
-    m0 = memory.current_rss_mb()
-    ix = VectorIndex(dim, space="cosine", capacity=n)
-    ix.add(data)
-    res = {"set": f"synthetic{dim}", "n": n, "dim": dim, "queries": queries,
-           "vi_build_s": round(time.perf_counter() - t, 2), "vi_mem_mb": round(memory.current_rss_mb() - m0, 1),
-           "source": "built-in"}
-    d = data / np.linalg.norm(data, axis=1, keepdims=True)
-    qq = q / np.linalg.norm(q, axis=1, keepdims=True)
-    truth = np.argsort(-(qq @ d.T), axis=1)[:, :10]
-    rows = []
-    for ef in (32, 64, 128):
-        ix.set_ef(ef)
-        t = time.perf_counter()
-        found = [[int(h.id) for h in ix.search(v, k=10)] for v in q]
-        qps = len(q) / (time.perf_counter() - t)
-        rec = float(np.mean([len(set(f) & set(tr)) / 10 for f, tr in zip(found, truth)]))
-        rows.append({"ef": ef, "vi_recall@10": round(rec, 4), "vi_qps": round(qps)})
-    res["by_ef"] = rows
-    return res
-
-
-def format_retrieval(r: dict) -> str:
-    lines = [f"vector index ({r['set']}, n={r['n']}, dim={r['dim']}): build {r.get('vi_build_s')}s, "
-             f"+{r.get('vi_mem_mb')} MB RSS" + (f" (raw hnswlib {r['raw_build_s']}s, +{r['raw_mem_mb']} MB)"
-                                                if "raw_build_s" in r else "")]
-    for row in r["by_ef"]:
-        lines.append(f"  ef {row['ef']:4d}: recall@10 {row['vi_recall@10']:.4f}  {row['vi_qps']} QPS (1 query/call)"
-                     + (f"  raw hnswlib {row['raw_recall@10']:.4f} / {row['raw_qps']} QPS" if "raw_qps" in row else ""))
-    return "\n".join(lines)
