@@ -168,7 +168,7 @@ class LLM:
         raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.context_length}: "
                          f"shorten it, raise context_length, or pass truncate='left'")
 
-    def _generate(self, ids, kwargs, on_text) -> Generation:
+    def _generate(self, ids, kwargs, on_text, abandoned: Optional[threading.Event] = None) -> Generation:
         params, gen = self._split_params(kwargs)
         ids = self._fit_context(ids, gen)
         engine = self._live()
@@ -181,7 +181,7 @@ class LLM:
             safe, hit = stop.feed(piece)
             if safe and on_text is not None:
                 on_text(safe)
-            return not hit
+            return not hit and not (abandoned is not None and abandoned.is_set())
 
         run_before = self._forward.run_s
         raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
@@ -197,7 +197,8 @@ class LLM:
         for i, seq in enumerate(raw["sequences"]):
             text = stop.text if not beams else self.tokenizer.decode(
                 [t for t in seq if t not in self.eos_token_ids], skip_special_tokens=True)
-            outs.append(Generation(text, list(seq), raw["finish_reason"], raw["prompt_tokens"], timings,
+            reason = "cancelled" if abandoned is not None and abandoned.is_set() else raw["finish_reason"]
+            outs.append(Generation(text, list(seq), reason, raw["prompt_tokens"], timings,
                                    score=raw["scores"][i] if beams else None))
         first = outs[0]
         first.alternatives = outs[1:]
@@ -221,12 +222,13 @@ class LLM:
         if gen["num_beams"] > 1:
             raise ValueError("streaming works with sampling/greedy decoding, not beam search")
         pieces: "queue.Queue" = queue.Queue()
+        abandoned = threading.Event()  # set when the consumer stops early: ends only this generation
         done = object()
         result = {}
 
         def worker():
             try:
-                result["gen"] = self._generate(ids, kwargs, on_text=pieces.put)
+                result["gen"] = self._generate(ids, kwargs, on_text=pieces.put, abandoned=abandoned)
             except BaseException as exc:  # re-raised in the consumer's thread
                 result["error"] = exc
             finally:
@@ -241,8 +243,8 @@ class LLM:
                     break
                 yield item
         finally:
-            if thread.is_alive():  # the consumer stopped early
-                self.cancel()
+            if thread.is_alive():  # the consumer stopped early (not llm.cancel(): that could hit another
+                abandoned.set()     # thread's generation if ours is still queued behind it)
                 thread.join()
         if "error" in result:
             raise result["error"]

@@ -167,3 +167,12 @@ def test_model_folder_deleted_while_loaded(tiny_model, tmp_path):
         m.generate("x")
     with pytest.raises((FileNotFoundError, ValueError)):
         edgeai.LLM(folder)
+
+
+def test_closing_a_stream_early_ends_only_that_generation(llm):
+    ban_eos = {t: -float("inf") for t in llm.eos_token_ids}
+    it = llm.stream("go on", max_new_tokens=120, logit_bias=ban_eos)
+    next(it)
+    it.close()  # returns once the worker has stopped
+    other = llm.generate("go on", max_new_tokens=8, logit_bias=ban_eos)
+    assert other.finish_reason == "length" and len(other.token_ids) == 8
