@@ -61,7 +61,7 @@ class LLM:
             raise ValueError(f"context_length must be an integer in [2, {model_max}], got {context_length!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        from .ort_forward import OrtForward
+        from .ort_forward import OrtForward, return_free_heap
 
         self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
         self._engine = _core.Engine(self._forward, graph["num_layers"], graph["num_kv_heads"], graph["head_dim"],
@@ -71,6 +71,7 @@ class LLM:
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        return_free_heap()
         self.load_time_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ public API

@@ -52,6 +52,16 @@ def release_mapped_weights(data_path: str) -> int:
         return 0
 
 
+def return_free_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc). Loading parses a 1.5 MB tokenizer JSON and a protobuf
+    graph; the temporary buffers are freed but stay in the process (~15 MB) until trimmed."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
