@@ -248,12 +248,7 @@ def fidelity(reference, candidate, text: str | None = None, token_ids=None, max_
         ref_desc = {"reference_file": str(ref_path), **ref.meta}
     else:
         ref_folder = ensure_all_logits(reference, build=build, progress=progress)
-        if token_ids is None:
-            if text is None:
-                raise ValueError("give a text (or token ids) to score")
-            token_ids = tokenize_text(ref_folder, text, max_tokens)
-        elif max_tokens:
-            token_ids = list(token_ids)[:max_tokens]
+        token_ids = _scored_tokens(ref_folder, text, token_ids, max_tokens)
         ref = Reference.from_model(ref_folder, token_ids, topk=topk, threads=threads, chunk=chunk,
                                    label=str(reference))
         if save_reference:
@@ -263,6 +258,15 @@ def fidelity(reference, candidate, text: str | None = None, token_ids=None, max_
     r = compare_to_reference(ref, cand, threads=threads, chunk=chunk)
     return {"meta": run_meta(command="eval fidelity"), "reference": ref_desc,
             "candidate": {"model": str(candidate), "scored_graph": str(cand)}, **r}
+
+
+def _scored_tokens(folder, text, token_ids, max_tokens):
+    """The token ids to score: given ones (cut to max_tokens) or the tokenized text."""
+    if token_ids is None:
+        if text is None:
+            raise ValueError("give a text (or token ids) to score")
+        return tokenize_text(folder, text, max_tokens)
+    return list(token_ids)[:max_tokens] if max_tokens else token_ids
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
@@ -275,12 +279,7 @@ def perplexity_eval(model, text: str | None = None, token_ids=None, max_tokens: 
     from .report import run_meta
 
     folder = ensure_all_logits(model, build=build, progress=progress)
-    if token_ids is None:
-        if text is None:
-            raise ValueError("give a text (or token ids) to score")
-        token_ids = tokenize_text(folder, text, max_tokens)
-    elif max_tokens:
-        token_ids = list(token_ids)[:max_tokens]
+    token_ids = _scored_tokens(folder, text, token_ids, max_tokens)
     r = perplexity(folder, token_ids, window=window, stride=stride, threads=threads)
     return {"meta": run_meta(command="eval perplexity"), "model": str(model), "scored_graph": str(folder),
             "tokens_in_text": len(token_ids), **r}
