@@ -79,7 +79,12 @@ class OrtForward:
     """Callable the engine invokes as forward(batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version)."""
 
     def __init__(self, model_path: str, graph: dict, threads: int | None = None):
-        self.session = ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(model_path, session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types; name the file and the cause
+            raise ValueError(f"cannot load the model graph {model_path} (corrupt or incomplete model folder? "
+                             f"re-run `edgeai convert` or `edgeai pull --force`): {exc}") from exc
         release_mapped_weights(model_path + ".data")
         self.binding = self.session.io_binding()
         self.layers = int(graph["num_layers"])

@@ -176,3 +176,12 @@ def test_closing_a_stream_early_ends_only_that_generation(llm):
     it.close()  # returns once the worker has stopped
     other = llm.generate("go on", max_new_tokens=8, logit_bias=ban_eos)
     assert other.finish_reason == "length" and len(other.token_ids) == 8
+
+
+def test_corrupt_graph_gives_a_clear_error(tiny_model, tmp_path):
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model[1], folder)
+    data = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot load the model graph"):
+        edgeai.LLM(folder)
