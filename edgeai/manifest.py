@@ -7,6 +7,7 @@ came from, and a sha256 of every file, so a damaged or mismatched folder is caug
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import time
 from pathlib import Path
@@ -20,11 +21,22 @@ class ManifestError(ValueError):
     """A model folder that cannot be used as it is."""
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
+def sha256_file(path, chunk: int = 1 << 20, progress: str | None = None) -> str:
+    """sha256 of a file, read in chunks; `progress` names a tqdm bar (shown only on a terminal)."""
     h = hashlib.sha256()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, leave=False, disable=None,
+                   desc=f"{progress} {os.path.basename(path)}")
     with open(path, "rb") as f:
         for b in iter(lambda: f.read(chunk), b""):
             h.update(b)
+            if bar is not None:
+                bar.update(len(b))
+    if bar is not None:
+        bar.close()
     return h.hexdigest()
 
 

@@ -7,7 +7,6 @@ already downloaded (offline machines, tests); it is used directly and also given
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
@@ -21,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from . import paths
-from .manifest import is_model_folder, load_manifest
+from .manifest import is_model_folder, load_manifest, sha256_file
 from .recipes import QUANTS, Recipe, get_recipe, list_recipes
 
 _CHUNK = 1 << 20
@@ -34,13 +33,8 @@ def _bar(total, desc):
                 disable=None)  # disable=None: no bar when stderr is not a terminal
 
 
-def _sha256(path: Path, desc: str = "verify") -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f, _bar(path.stat().st_size, f"{desc} {path.name}") as bar:
-        for b in iter(lambda: f.read(_CHUNK), b""):
-            h.update(b)
-            bar.update(len(b))
-    return h.hexdigest()
+def _sha256(path: Path) -> str:
+    return sha256_file(path, progress="verify")
 
 
 def source_dir(name: str) -> Path:

@@ -6,11 +6,11 @@ any other ggml type is dequantized with gguf.quants. llama.cpp's converter permu
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from ..manifest import sha256_file
 from .weights import BlockQuantized, LlamaConfig, SourceModel
 
 # Architectures whose graph is a Llama decoder. Only "llama" has permuted q/k rows (llama.cpp's
@@ -83,24 +83,8 @@ def unpack_q8_0(raw: np.ndarray, cols: int) -> BlockQuantized:
     return BlockQuantized("q8_0", q, d, None, 32)
 
 
-def file_sha256(path, chunk: int = 1 << 20, progress: bool = False) -> str:
-    h = hashlib.sha256()
-    size = Path(path).stat().st_size
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False)
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            if bar:
-                bar.update(len(b))
-    if bar:
-        bar.close()
-    return h.hexdigest()
+def file_sha256(path, progress: bool = False) -> str:
+    return sha256_file(path, progress="sha256" if progress else None)
 
 
 def _field(reader, key, default=None):

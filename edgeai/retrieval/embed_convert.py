@@ -11,7 +11,6 @@ Output folder:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..manifest import sha256_file
 from .bert_graph import BertConfig, build_bert_graph
 
 QUANTS = ("fp32", "q8", "int8", "q4")  # int8 is an alias of q8; q4 also gives q8 (4-bit hurts embeddings)
@@ -61,13 +61,6 @@ def _find_model_dir(src: Path) -> Path:
         raise FileNotFoundError(f"no config.json + model.safetensors under {src}")
     return found[0]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _st_settings(model_dir: Path) -> dict:
@@ -173,7 +166,7 @@ def convert_folder(src_folder: Path, out_dir: Path, quant: str = "fp32") -> None
             "quant_check": quant_report,
             "inputs": ["input_ids", "attention_mask"],
             "output": "sentence_embedding",
-            "source": {"name": hf.get("_name_or_path", model_dir.name), "sha256": _sha256(weights_path)},
+            "source": {"name": hf.get("_name_or_path", model_dir.name), "sha256": sha256_file(weights_path)},
             "tools": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                       "tokenizers": tokenizers.__version__, "numpy": np.__version__},
         }

@@ -20,7 +20,6 @@ the index and replaced. The SQLite DocStore keeps text and vectors, so the HNSW 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..manifest import sha256_file
 from .chunker import Chunker
 from .docstore import DocStore
 from .index import VectorIndex
@@ -76,13 +76,6 @@ def _n_tokens(tokenizer, text: str) -> int:
     enc = tokenizer.encode(text)
     return len(getattr(enc, "ids", enc))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 class RAG:
@@ -154,7 +147,7 @@ class RAG:
         for doc in load_paths(paths):
             p = Path(doc.source)
             key = str(p.resolve())
-            digest = _sha256(p)
+            digest = sha256_file(p)
             old = self.store.file_digest(key)
             if old == digest:
                 stats["unchanged"] += 1
