@@ -119,10 +119,12 @@ void bind_beam_search(py::module_& m) {
 }  // namespace
 
 void bind_engine(py::module_& m);  // bind_engine.cpp
+void bind_index_helpers(py::module_& m);  // bind_index.cpp
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "edgeai native core: sampling chain, beam search, decode engine";
     bind_sampling(m);
     bind_beam_search(m);
     bind_engine(m);
+    bind_index_helpers(m);
 }

@@ -150,3 +150,42 @@ def test_concurrent_readers_and_writer(rng):
         t.join()
     assert not errors and len(ix) == 2200 - 10
     assert ix.search(new[1999], k=1)[0].id == "n1999"
+
+
+def test_waiting_writer_is_not_starved_and_readers_wait_for_it():
+    from edgeai.retrieval.index import RWLock
+    lock, order = RWLock(), []
+    lock.acquire_read()
+    writer = threading.Thread(target=lambda: (lock._acquire_write(), order.append("write"), lock._release()))
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive()  # blocked by the reader, with the GIL released (this thread still runs)
+
+    def late_reader():
+        with lock.read():
+            order.append("read")
+    reader = threading.Thread(target=late_reader)
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # queued behind the waiting writer
+    lock.release_read()
+    writer.join(5)
+    reader.join(5)
+    assert order == ["write", "read"]
+
+
+def test_build_hits_checks_its_inputs():
+    from edgeai._core import build_hits
+    from edgeai.retrieval.index import Hit
+    ids, metas = ["a", None, "c"], [{}, None, {"x": 1}]
+    hits = build_hits(Hit, np.array([[2, 0]], np.uint64), np.array([[0.25, 0.5]], np.float32), ids, metas, False)
+    assert hits == [[Hit("c", 0.75, {"x": 1}), Hit("a", 0.5, {})]] and type(hits[0][0]) is Hit
+    assert build_hits(Hit, np.array([[0]], np.uint64), np.array([[4.0]], np.float32), ids, metas, True)[0][0].score == -4
+    with pytest.raises(TypeError, match="labels"):
+        build_hits(Hit, np.array([[0]], np.int64), np.array([[0.5]], np.float32), ids, metas, False)
+    with pytest.raises(ValueError, match="shape"):
+        build_hits(Hit, np.array([[0, 2]], np.uint64), np.array([[0.5]], np.float32), ids, metas, False)
+    with pytest.raises(IndexError, match="unknown label"):
+        build_hits(Hit, np.array([[7]], np.uint64), np.array([[0.5]], np.float32), ids, metas, False)
+    with pytest.raises(RuntimeError, match="deleted"):
+        build_hits(Hit, np.array([[1]], np.uint64), np.array([[0.5]], np.float32), ids, metas, False)

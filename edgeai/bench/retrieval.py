@@ -74,5 +74,7 @@ def format_retrieval(r: dict) -> str:
                                                 if "raw_build_s" in r else "")]
     for row in r["by_ef"]:
         lines.append(f"  ef {row['ef']:4d}: recall@10 {row['vi_recall@10']:.4f}  {row['vi_qps']} QPS (1 query/call)"
-                     + (f"  raw hnswlib {row['raw_recall@10']:.4f} / {row['raw_qps']} QPS" if "raw_qps" in row else ""))
+                     + (f"  raw hnswlib {row['raw_recall@10']:.4f} / {row['raw_qps']} QPS" if "raw_qps" in row else "")
+                     + (f"; raw calls on the same graph {row['same_qps']} QPS (wrapper ratio {row['qps_ratio']:.3f})"
+                        if "same_qps" in row else ""))
     return "\n".join(lines)
