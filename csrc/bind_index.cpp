@@ -1,15 +1,17 @@
-// Native helpers for edgeai.retrieval.index: the read/write lock that guards hnswlib, and turning hnswlib's
-// (labels, distances) arrays into lists of Hit tuples. Both sit on the path of every search, whose whole budget
-// at ef=32 is about 60 us, so each costs a fraction of a microsecond here instead of a few in Python.
+// Native helpers for edgeai.retrieval.index: the read/write lock that guards hnswlib, turning hnswlib's
+// (labels, distances) arrays into lists of Hit tuples, and the whole one-query search path.
 //
-// Why the hits are built here: a search over a few hundred thousand vectors evicts the interpreter's working set from the
-// caches, so the Python loop that built ten Hit tuples afterwards ran cold and cost 10-15 us per query,
-// about a fifth of a whole ef=32 search. One call that writes the tuples directly costs a small fraction of that.
+// Why: a single-query search at ef=32 takes 30-60 us, and the issue asks the wrapper to cost almost nothing.
+// The search evicts the interpreter's working set from the caches, so every Python step after it runs cold:
+// the Python version (lock of three plain locks, checks, a loop building ten Hit tuples) cost 6-17 us per
+// query. Here the same work costs about a microsecond. hnswlib's pip wheel ships no C++ headers, so
+// hnswlib itself is still called through its Python binding (the same call a raw user makes).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -17,85 +19,6 @@
 namespace py = pybind11;
 
 namespace {
-
-// Plain handles rather than typed casters: the arguments are checked here, and pybind11's generic casting
-// would cost as much as building the hits themselves.
-template <typename T>
-const T* typed_data(py::handle obj, const char* what, py::ssize_t& rows, py::ssize_t& cols) {
-    if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(what) + " must be a numpy array");
-    auto a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>()) || a.ndim() != 2 || !(a.flags() & py::array::c_style))
-        throw py::type_error(std::string(what) + " must be a C-ordered 2-D array of " +
-                             std::string(py::str(py::dtype::of<T>())));
-    rows = a.shape(0);
-    cols = a.shape(1);
-    return static_cast<const T*>(a.data());
-}
-
-// One Hit(id, score, metadata): Hit is a NamedTuple, i.e. a tuple subtype without a __dict__, so it is
-// allocated like a tuple of three items and filled in place.
-PyObject* new_hit(PyTypeObject* type, PyObject* id, double score, PyObject* meta) {
-    PyObject* s = PyFloat_FromDouble(score);
-    if (!s) return nullptr;
-    PyObject* hit = type->tp_alloc(type, 3);
-    if (!hit) {
-        Py_DECREF(s);
-        return nullptr;
-    }
-    Py_INCREF(id);
-    Py_INCREF(meta);
-    PyTuple_SET_ITEM(hit, 0, id);
-    PyTuple_SET_ITEM(hit, 1, s);
-    PyTuple_SET_ITEM(hit, 2, meta);
-    return hit;
-}
-
-// rows[i] = [Hit(ids[label], score(distance), metas[label]) for each column]; score = -d for l2, 1 - d for
-// the inner-product spaces. A label whose id slot is None (deleted) is a bug upstream: raise, never guess.
-py::list build_hits(py::handle hit_type, py::handle labels, py::handle dists, py::handle ids, py::handle metas,
-                    bool l2) {
-    py::ssize_t rows, cols, drows, dcols;
-    const uint64_t* lab = typed_data<uint64_t>(labels, "labels", rows, cols);
-    const float* dist = typed_data<float>(dists, "distances", drows, dcols);
-    if (rows != drows || cols != dcols) throw std::invalid_argument("labels and distances differ in shape");
-    if (!PyType_Check(hit_type.ptr()) ||
-        !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(hit_type.ptr()), &PyTuple_Type))
-        throw py::type_error("hit_type must be a tuple subtype");
-    auto* type = reinterpret_cast<PyTypeObject*>(hit_type.ptr());
-    if (!PyList_CheckExact(ids.ptr()) || !PyList_CheckExact(metas.ptr()))
-        throw py::type_error("ids and metas must be lists");
-    const py::ssize_t n = PyList_GET_SIZE(ids.ptr());
-    if (PyList_GET_SIZE(metas.ptr()) != n) throw std::invalid_argument("ids and metas differ in length");
-    // The id and metadata slots of random labels are cache misses; touch them all first so the misses overlap
-    // instead of queuing one behind another.
-    PyObject** id_items = reinterpret_cast<PyListObject*>(ids.ptr())->ob_item;
-    PyObject** meta_items = reinterpret_cast<PyListObject*>(metas.ptr())->ob_item;
-    for (py::ssize_t i = 0; i < rows * cols; ++i) {
-        if (lab[i] < static_cast<uint64_t>(n)) {
-            __builtin_prefetch(id_items + lab[i]);
-            __builtin_prefetch(meta_items + lab[i]);
-        }
-    }
-    for (py::ssize_t i = 0; i < rows * cols; ++i) {
-        if (lab[i] < static_cast<uint64_t>(n)) __builtin_prefetch(id_items[lab[i]], 1);  // its refcount is written
-    }
-    py::list out(rows);
-    for (py::ssize_t r = 0; r < rows; ++r) {
-        py::list row(cols);
-        for (py::ssize_t c = 0; c < cols; ++c) {
-            const uint64_t label = lab[r * cols + c];
-            if (label >= static_cast<uint64_t>(n)) throw std::out_of_range("hnswlib returned an unknown label");
-            PyObject* id = id_items[label];
-            if (id == Py_None) throw std::runtime_error("hnswlib returned a deleted label");
-            const double d = dist[r * cols + c];
-            PyObject* hit = new_hit(type, id, l2 ? -d : 1.0 - d, meta_items[label]);
-            if (!hit) throw py::error_already_set();
-            PyList_SET_ITEM(row.ptr(), c, hit);
-        }
-        PyList_SET_ITEM(out.ptr(), r, row.release().ptr());
-    }
-    return out;
-}
 
 // Many readers or one writer, writers first: a waiting writer stops new readers, so a stream of searches
 // cannot starve an add. Taking the lock first tries without blocking while holding the GIL (the common,
@@ -133,6 +56,151 @@ private:
     pthread_rwlock_t lock_;
 };
 
+struct ReadHold {  // releases a read hold however the scope ends
+    explicit ReadHold(ReadWriteLock& l) : lock(l) { lock.acquire_read(); }
+    ~ReadHold() { lock.release(); }
+    ReadWriteLock& lock;
+};
+
+// A C-ordered array of T with `ndim` dimensions, or nullptr. Plain handles rather than typed casters:
+// pybind11's generic casting would cost as much as building the hits.
+template <typename T>
+const T* array_data(py::handle obj, int ndim, py::ssize_t* shape) {
+    if (!py::isinstance<py::array>(obj)) return nullptr;
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<T>()) || a.ndim() != ndim || !(a.flags() & py::array::c_style)) return nullptr;
+    for (int i = 0; i < ndim; ++i) shape[i] = a.shape(i);
+    return static_cast<const T*>(a.data());
+}
+
+// One Hit(id, score, metadata): Hit is a NamedTuple, i.e. a tuple subtype without a __dict__, so it is
+// allocated like a tuple of three items and filled in place.
+PyObject* new_hit(PyTypeObject* type, PyObject* id, double score, PyObject* meta) {
+    PyObject* s = PyFloat_FromDouble(score);
+    if (!s) return nullptr;
+    PyObject* hit = type->tp_alloc(type, 3);
+    if (!hit) {
+        Py_DECREF(s);
+        return nullptr;
+    }
+    Py_INCREF(id);
+    Py_INCREF(meta);
+    PyTuple_SET_ITEM(hit, 0, id);
+    PyTuple_SET_ITEM(hit, 1, s);
+    PyTuple_SET_ITEM(hit, 2, meta);
+    return hit;
+}
+
+// What turns labels into hits: the Hit type and the label-indexed id and metadata lists.
+struct HitTable {
+    PyTypeObject* type;
+    PyObject** ids;
+    PyObject** metas;
+    py::ssize_t size;
+    bool l2;  // score = -distance for l2, 1 - distance for the inner-product spaces
+
+    HitTable(py::handle hit_type, py::handle id_list, py::handle meta_list, bool l2_space) : l2(l2_space) {
+        if (!PyType_Check(hit_type.ptr()) ||
+            !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(hit_type.ptr()), &PyTuple_Type))
+            throw py::type_error("hit_type must be a tuple subtype");
+        if (!PyList_CheckExact(id_list.ptr()) || !PyList_CheckExact(meta_list.ptr()))
+            throw py::type_error("ids and metas must be lists");
+        if (PyList_GET_SIZE(id_list.ptr()) != PyList_GET_SIZE(meta_list.ptr()))
+            throw std::invalid_argument("ids and metas differ in length");
+        type = reinterpret_cast<PyTypeObject*>(hit_type.ptr());
+        ids = reinterpret_cast<PyListObject*>(id_list.ptr())->ob_item;
+        metas = reinterpret_cast<PyListObject*>(meta_list.ptr())->ob_item;
+        size = PyList_GET_SIZE(id_list.ptr());
+    }
+
+    // One list of hits per row. A label outside the table or whose id slot is None (deleted) is a bug
+    // upstream: raise, never guess.
+    py::list rows(const uint64_t* lab, const float* dist, py::ssize_t rows, py::ssize_t cols) const {
+        const py::ssize_t total = rows * cols;
+        for (py::ssize_t i = 0; i < total; ++i) {
+            if (lab[i] >= static_cast<uint64_t>(size)) throw std::out_of_range("hnswlib returned an unknown label");
+            // The slots of random labels are cache misses: touch them all first so the misses overlap.
+            __builtin_prefetch(ids + lab[i]);
+            __builtin_prefetch(metas + lab[i]);
+        }
+        for (py::ssize_t i = 0; i < total; ++i) __builtin_prefetch(ids[lab[i]], 1);  // its refcount is written
+        py::list out(rows);
+        for (py::ssize_t r = 0; r < rows; ++r) {
+            py::list row(cols);
+            for (py::ssize_t c = 0; c < cols; ++c) {
+                const uint64_t label = lab[r * cols + c];
+                if (ids[label] == Py_None) throw std::runtime_error("hnswlib returned a deleted label");
+                const double d = dist[r * cols + c];
+                PyObject* hit = new_hit(type, ids[label], l2 ? -d : 1.0 - d, metas[label]);
+                if (!hit) throw py::error_already_set();
+                PyList_SET_ITEM(row.ptr(), c, hit);
+            }
+            PyList_SET_ITEM(out.ptr(), r, row.release().ptr());
+        }
+        return out;
+    }
+};
+
+py::list build_hits(py::handle hit_type, py::handle labels, py::handle dists, py::handle ids, py::handle metas,
+                    bool l2) {
+    py::ssize_t ls[2], ds[2];
+    const uint64_t* lab = array_data<uint64_t>(labels, 2, ls);
+    const float* dist = array_data<float>(dists, 2, ds);
+    if (!lab) throw py::type_error("labels must be a C-ordered 2-D uint64 array");
+    if (!dist) throw py::type_error("distances must be a C-ordered 2-D float32 array");
+    if (ls[0] != ds[0] || ls[1] != ds[1]) throw std::invalid_argument("labels and distances differ in shape");
+    return HitTable(hit_type, ids, metas, l2).rows(lab, dist, ls[0], ls[1]);
+}
+
+// The one-query search of a VectorIndex, bound to its state once (VectorIndex rebinds it when it replaces
+// any of these objects). Returns None whenever the Python path must decide instead: a query that is not a
+// float32 vector of the right size, k < 1, or hnswlib raising (too few reachable elements).
+class SingleSearch {
+public:
+    SingleSearch(py::object knn_query, py::object hit_type, py::list ids, py::list metas, py::dict labels,
+                 py::object lock, py::ssize_t dim, bool l2)
+        : knn_(std::move(knn_query)), hit_type_(std::move(hit_type)), ids_(std::move(ids)), metas_(std::move(metas)),
+          labels_(std::move(labels)), lock_owner_(std::move(lock)), lock_(lock_owner_.cast<ReadWriteLock&>()),
+          dim_(dim), l2_(l2) {}
+
+    py::object operator()(py::handle query, py::handle k_obj) {
+        py::ssize_t shape[1];
+        if (!array_data<float>(query, 1, shape) || shape[0] != dim_ || !PyLong_CheckExact(k_obj.ptr()))
+            return py::none();
+        const long k = PyLong_AsLong(k_obj.ptr());
+        if (k < 1) {
+            PyErr_Clear();  // an overflow also lands here; the Python path names the problem
+            return py::none();
+        }
+        ReadHold hold(lock_);
+        const py::ssize_t live = PyDict_GET_SIZE(labels_.ptr());
+        if (live == 0) return py::list();
+        py::object found;
+        try {
+            found = knn_(query, std::min<py::ssize_t>(k, live), -1, py::none());
+        } catch (py::error_already_set& e) {
+            if (!e.matches(PyExc_RuntimeError)) throw;
+            return py::none();  // the Python path falls back to exact scoring
+        }
+        auto pair = found.cast<py::tuple>();
+        py::ssize_t ls[2], ds[2];
+        const uint64_t* lab = array_data<uint64_t>(pair[0], 2, ls);
+        const float* dist = array_data<float>(pair[1], 2, ds);
+        if (!lab || !dist || ls[0] != 1 || ds[0] != 1 || ls[1] != ds[1])
+            throw std::runtime_error("unexpected knn_query result from hnswlib");
+        return HitTable(hit_type_, ids_, metas_, l2_).rows(lab, dist, 1, ls[1])[0];
+    }
+
+private:
+    py::object knn_, hit_type_;
+    py::list ids_, metas_;
+    py::dict labels_;
+    py::object lock_owner_;  // keeps lock_ alive
+    ReadWriteLock& lock_;
+    py::ssize_t dim_;
+    bool l2_;
+};
+
 }  // namespace
 
 void bind_index_helpers(py::module_& m) {
@@ -146,4 +214,11 @@ void bind_index_helpers(py::module_& m) {
           py::arg("metas"), py::arg("l2"),
           "Lists of hit_type(ids[label], score, metas[label]) from hnswlib's knn_query arrays "
           "(score = -distance for l2, 1 - distance otherwise).");
+    py::class_<SingleSearch>(m, "SingleSearch",
+                             "VectorIndex's one-query search path: lock, hnswlib knn_query, hits. Returns None "
+                             "where the Python path must decide (other query types, k < 1, hnswlib errors).")
+        .def(py::init<py::object, py::object, py::list, py::list, py::dict, py::object, py::ssize_t, bool>(),
+             py::arg("knn_query"), py::arg("hit_type"), py::arg("ids"), py::arg("metas"), py::arg("labels"),
+             py::arg("lock"), py::arg("dim"), py::arg("l2"))
+        .def("__call__", &SingleSearch::operator(), py::arg("query"), py::arg("k"));
 }

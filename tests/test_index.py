@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgeai.retrieval.index import MAGIC, VectorIndex
+from edgeai.retrieval.index import MAGIC, Hit, VectorIndex
 
 
 def _unit(rng, n, d=16):
@@ -189,3 +189,29 @@ def test_build_hits_checks_its_inputs():
         build_hits(Hit, np.array([[7]], np.uint64), np.array([[0.5]], np.float32), ids, metas, False)
     with pytest.raises(RuntimeError, match="deleted"):
         build_hits(Hit, np.array([[1]], np.uint64), np.array([[0.5]], np.float32), ids, metas, False)
+
+
+def test_native_single_query_path_matches_the_python_path(rng, tmp_path):
+    ix = VectorIndex(16, capacity=64, space="l2")
+    data = _unit(rng, 300)
+    ix.add(data, metadata=[{"i": i} for i in range(300)])
+    ix.delete(["5", "17"])
+
+    def both(index, q, k):
+        fast = index.search(q, k=k)                           # float32 vector: the native path
+        slow = index.search([float(x) for x in q], k=np.int64(k))  # a list and a numpy k: the Python path
+        assert fast == slow and all(type(h) is Hit for h in fast)
+        return fast
+
+    hits = both(ix, data[17], 5)
+    assert "17" not in [h.id for h in hits] and hits[0].score <= 0 and hits[0].metadata == {"i": int(hits[0].id)}
+    ix.save(tmp_path / "x.vidx")
+    again = VectorIndex.load(tmp_path / "x.vidx")  # load rebinds the native path to the new tables
+    assert both(again, data[3], 7) == both(ix, data[3], 7)
+    again.add(data[:1] + 5.0, ids=["far"])
+    assert both(again, data[0] + 5.0, 1)[0].id == "far"
+    assert again.search(data[0], k=1000)[-1:] and len(again.search(data[0], k=1000)) == len(again)
+    with pytest.raises(ValueError, match="k must be"):
+        again.search(data[0], k=0)
+    with pytest.raises(ValueError, match="shape"):
+        again.search(data[0][:8])

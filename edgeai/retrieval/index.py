@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 import hnswlib
 import numpy as np
 
-from .._core import ReadWriteLock, build_hits
+from .._core import ReadWriteLock, SingleSearch, build_hits
 
 MAGIC = b"EDGEVIDX"
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ class RWLock:
     plain locks cost 1.5-2 us of it. It waits with the GIL released. Not recursive: never nest these."""
 
     def __init__(self):
-        native = ReadWriteLock()
+        self.native = native = ReadWriteLock()
         self.acquire_read, self.release_read = native.acquire_read, native.release
         self._acquire_write, self._release = native.acquire_write, native.release
 
@@ -109,6 +109,13 @@ class VectorIndex:
         self._deleted = 0                    # slots marked deleted and reusable
         self._next_label = 0
         self._lock = RWLock()
+        self._bind_single_search()
+
+    def _bind_single_search(self) -> None:
+        """The native one-query path (see csrc/bind_index.cpp) holds the hnswlib index, the label tables and
+        the lock: rebind it whenever one of those objects is replaced."""
+        self._single = SingleSearch(self._index.knn_query, Hit, self._id, self._meta, self._label,
+                                    self._lock.native, self.dim, self.space == "l2")
 
     # --- basics ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -234,6 +241,10 @@ class VectorIndex:
     def search(self, query, k: int = 10, filter=None) -> Union[List[Hit], List[List[Hit]]]:
         """Nearest neighbours of one query ([dim] -> list of Hit) or many ([n, dim] -> list of lists).
         Hit.metadata is the stored mapping itself (not a copy, to keep searches cheap): treat it as read-only."""
+        if filter is None:  # the common case, natively; None means "decide here" (see _bind_single_search)
+            hits = self._single(query, k)
+            if hits is not None:
+                return hits
         q = np.asarray(query, dtype=np.float32)
         single = q.ndim == 1
         if single:
@@ -347,4 +358,5 @@ class VectorIndex:
         self._label = {i: lab for lab, i in zip(labels, table["ids"])}
         self._next_label = int(table["next_label"])
         self._deleted = int(table["deleted"])
+        self._bind_single_search()
         return self
