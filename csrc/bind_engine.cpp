@@ -12,7 +12,8 @@ using namespace edgeai;
 namespace {
 
 // Forward implemented in Python (ONNX Runtime with I/O binding, edgeai/ort_forward.py). The callable
-// gets (batch, n_tokens, past_len, tokens_address, logits_address, kv_version) and must write the logits;
+// gets (batch, n_tokens, past_len, tokens_address, logits_address, kv_version, n_logits) and must write the
+// logits of the last n_logits positions of each row;
 // it runs with the GIL held, and ONNX Runtime releases it while the model computes.
 class PyForward : public Forward {
 public:
@@ -21,10 +22,11 @@ public:
         py::gil_scoped_acquire gil;
         fn_ = py::object();
     }
-    void run(KVCache& kv, int batch, int n_tokens, int past_len, const int64_t* tokens, float* logits) override {
+    void run(KVCache& kv, int batch, int n_tokens, int past_len, const int64_t* tokens, float* logits,
+             int n_logits) override {
         py::gil_scoped_acquire gil;
         fn_(batch, n_tokens, past_len, reinterpret_cast<uintptr_t>(tokens), reinterpret_cast<uintptr_t>(logits),
-            kv.version());
+            kv.version(), n_logits);
     }
 
 private:
@@ -44,6 +46,8 @@ py::dict result_dict(const GenerateResult& r) {
     d["forward_s"] = r.forward_s;
     d["decode_forward_s"] = r.decode_forward_s;
     d["decode_steps"] = r.decode_steps;
+    d["draft_proposed"] = r.draft_proposed;
+    d["draft_accepted"] = r.draft_accepted;
     return d;
 }
 
@@ -53,7 +57,7 @@ void bind_engine(py::module_& m) {
     py::class_<Forward, std::shared_ptr<Forward>>(m, "Forward");
     py::class_<FakeForward, Forward, std::shared_ptr<FakeForward>>(m, "FakeForward",
         "Deterministic stand-in for a model: logits depend on every token in the KV cache row.")
-        .def(py::init<int>(), py::arg("n_vocab"))
+        .def(py::init<int, int>(), py::arg("n_vocab"), py::arg("repeat_period") = 0)
         .def_readonly("calls", &FakeForward::calls)
         .def_readonly("tokens_processed", &FakeForward::tokens_processed);
 
@@ -73,7 +77,7 @@ void bind_engine(py::module_& m) {
         .def("generate", [](Engine& e, const std::vector<int32_t>& prompt, SamplerChain* chain, int max_new_tokens,
                             const std::vector<int32_t>& eos_ids, int num_beams, float length_penalty,
                             EarlyStopping early_stopping, int num_return_sequences, bool use_prompt_cache,
-                            py::object on_token) {
+                            py::object on_token, int draft_tokens) {
             GenerateParams p;
             p.max_new_tokens = max_new_tokens;
             p.eos_ids = eos_ids;
@@ -82,6 +86,7 @@ void bind_engine(py::module_& m) {
             p.early_stopping = early_stopping;
             p.num_return_sequences = num_return_sequences;
             p.use_prompt_cache = use_prompt_cache;
+            p.draft_tokens = draft_tokens;
             TokenCallback cb;
             if (!on_token.is_none())
                 cb = [&on_token](int32_t t) {
@@ -96,7 +101,8 @@ void bind_engine(py::module_& m) {
             return result_dict(r);
         }, py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128, py::arg("eos_ids") = std::vector<int32_t>{},
            py::arg("num_beams") = 1, py::arg("length_penalty") = 1.0f, py::arg("early_stopping") = EarlyStopping::kHeuristic,
-           py::arg("num_return_sequences") = 1, py::arg("use_prompt_cache") = true, py::arg("on_token") = py::none())
+           py::arg("num_return_sequences") = 1, py::arg("use_prompt_cache") = true, py::arg("on_token") = py::none(),
+           py::arg("draft_tokens") = 0)
         .def("cancel", &Engine::cancel, "Stop the generation in flight at its next token (any thread).")
         .def("clear_cache", [](Engine& e) { py::gil_scoped_release r; e.clear_cache(); })
         .def_property_readonly("max_seq", &Engine::max_seq)

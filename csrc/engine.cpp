@@ -27,10 +27,11 @@ void Engine::clear_cache() {
     last_prompt_.clear();
 }
 
-void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r) {
+void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r, int n_logits) {
     auto t0 = Clock::now();
-    if (logits_.size() < static_cast<size_t>(batch) * n_vocab_) logits_.resize(static_cast<size_t>(batch) * n_vocab_);
-    forward_->run(kv_, batch, n_tokens, past_len, tokens_.data(), logits_.data());
+    const size_t need = static_cast<size_t>(batch) * n_logits * n_vocab_;
+    if (logits_.size() < need) logits_.resize(need);
+    forward_->run(kv_, batch, n_tokens, past_len, tokens_.data(), logits_.data(), n_logits);
     r.forward_s += seconds_since(t0);
 }
 
@@ -79,6 +80,7 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     if (p.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
     if (p.num_beams < 1) throw std::invalid_argument("num_beams must be >= 1");
     if (p.num_beams == 1 && !chain) throw std::invalid_argument("sampling needs a sampler chain");
+    if (p.draft_tokens < 0) throw std::invalid_argument("draft_tokens must be >= 0");
 
     GenerateResult r;
     r.prompt_tokens = static_cast<int>(prompt.size());
@@ -104,13 +106,20 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     return r;
 }
 
+// One token per iteration, sampled from logits row `row`. Without drafts every token costs one forward
+// pass. With drafts, the forward that feeds token t also feeds the guesses d0..dk-1 and returns k+1 rows of
+// logits: row i is what follows d(i-1) (row 0 follows t). Sampling row i and getting d(i) confirms that guess,
+// whose keys/values are then already in the cache, so the next token comes from row i+1 without a forward.
+// The first mismatch is itself the next token (sampled exactly as without drafts) and is fed next; the
+// cache positions of unconfirmed guesses are overwritten later.
 void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                          const TokenCallback& on_token, GenerateResult& r, Clock::time_point start) {
-    std::vector<int32_t> history(prompt);  // what the penalties look at
-    std::vector<int32_t> out;
+    std::vector<int32_t> history(prompt);  // what the penalties look at; history[0..pos) is in the cache
+    std::vector<int32_t> out, drafts;      // drafts fed by the last forward, not yet confirmed
     auto decode_start = Clock::now();
     double forward_before = r.forward_s;
     int pos = static_cast<int>(prompt.size());
+    size_t row = 0;
     r.finish_reason = "length";
     while (true) {
         if (cancel_.load()) {
@@ -118,7 +127,7 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
             break;
         }
         TokenHistory h{history.data(), history.size()};
-        int32_t tok = chain->sample(logits_.data(), n_vocab_, h);
+        int32_t tok = chain->sample(logits_.data() + row * n_vocab_, n_vocab_, h);
         if (out.empty()) r.ttft_s = seconds_since(start);
         out.push_back(tok);
         history.push_back(tok);
@@ -131,11 +140,26 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
             break;
         }
         if (static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq()) break;
+        if (row < drafts.size() && tok == drafts[row]) {  // confirmed: its keys/values are in the cache
+            ++pos;
+            ++row;
+            ++r.draft_accepted;
+            live_.push_back(tok);
+            continue;
+        }
+        // Feed tok and, if the text so far suggests them, guesses of what follows; never guess past the
+        // tokens still wanted or the end of the context.
+        const int room = std::min(p.max_new_tokens - static_cast<int>(out.size()) - 1, kv_.max_seq() - pos - 2);
+        drafts = prompt_lookup_draft(history, std::min(p.draft_tokens, room));
         tokens_.assign(1, tok);
-        live_.clear();
-        forward(1, 1, pos, r);
+        tokens_.insert(tokens_.end(), drafts.begin(), drafts.end());
+        const int n = static_cast<int>(tokens_.size());
+        live_.clear();  // until the forward writes them, the cache positions are in an unknown state
+        forward(1, n, pos, r, n);
         ++pos;
         live_.assign(history.begin(), history.begin() + pos);
+        row = 0;
+        r.draft_proposed += n - 1;
         ++r.decode_steps;
     }
     r.decode_s = seconds_since(decode_start);
@@ -166,7 +190,7 @@ void Engine::beam_loop(const std::vector<int32_t>& prompt, const GenerateParams&
         }
         kv_.gather_rows(beams.parents(), pos);
         tokens_.assign(beams.next_tokens().begin(), beams.next_tokens().end());
-        forward(nb, 1, pos, r);
+        forward(nb, 1, pos, r);  // one row of logits per beam
         ++pos;
         ++r.decode_steps;
     }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "beam_search.h"
+#include "draft.h"
 #include "forward.h"
 #include "kv_cache.h"
 #include "prompt_cache.h"
@@ -29,6 +30,9 @@ struct GenerateParams {
     EarlyStopping early_stopping = EarlyStopping::kHeuristic;
     int num_return_sequences = 1;
     bool use_prompt_cache = true;
+    // Prompt-lookup drafts checked per decode step (0: off). Sampling/greedy with one sequence only; the
+    // tokens produced are the same as without drafts (see draft.h).
+    int draft_tokens = 0;
 };
 
 struct GenerateResult {
@@ -38,7 +42,8 @@ struct GenerateResult {
     int prompt_tokens = 0;
     int reused_tokens = 0;  // prompt tokens whose KV came from the prefix cache
     double ttft_s = 0, prefill_s = 0, decode_s = 0, forward_s = 0, decode_forward_s = 0;
-    int decode_steps = 0;
+    int decode_steps = 0;                            // forward passes during decode
+    int draft_proposed = 0, draft_accepted = 0;      // draft tokens fed to the model / confirmed by sampling
 };
 
 // Called with each new token (sampling only); returning false stops generation (a stop string matched,
@@ -64,7 +69,7 @@ private:
     using Clock = std::chrono::steady_clock;
     int reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache);
     void prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r);
-    void forward(int batch, int n_tokens, int past_len, GenerateResult& r);
+    void forward(int batch, int n_tokens, int past_len, GenerateResult& r, int n_logits = 1);
     void sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                      const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);
     void beam_loop(const std::vector<int32_t>& prompt, const GenerateParams& p, GenerateResult& r);

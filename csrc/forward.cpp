@@ -5,8 +5,10 @@
 
 namespace edgeai {
 
-void FakeForward::run(KVCache& kv, int batch, int n_tokens, int past_len, const int64_t* tokens, float* logits) {
+void FakeForward::run(KVCache& kv, int batch, int n_tokens, int past_len, const int64_t* tokens, float* logits,
+                      int n_logits) {
     if (past_len + n_tokens > kv.max_seq()) throw std::out_of_range("fake forward: past the end of the KV cache");
+    if (n_logits < 1 || n_logits > n_tokens) throw std::invalid_argument("fake forward: n_logits out of range");
     ++calls;
     tokens_processed += static_cast<long long>(batch) * n_tokens;
     const size_t row = static_cast<size_t>(kv.kv_heads()) * kv.max_seq() * kv.head_dim();
@@ -15,13 +17,24 @@ void FakeForward::run(KVCache& kv, int batch, int n_tokens, int past_len, const 
         float* slot = k + b * row;  // head 0, element 0 of each position holds "the token seen there"
         for (int i = 0; i < n_tokens; ++i)
             slot[static_cast<size_t>(past_len + i) * kv.head_dim()] = static_cast<float>(tokens[b * n_tokens + i]);
-        // A rolling hash of the whole row, read back from the cache.
+        // A rolling hash of the row up to each position, read back from the cache; the last n_logits
+        // positions each get logits from the hash of everything up to and including them.
         double h = 0.0;
-        for (int p = 0; p < past_len + n_tokens; ++p)
+        const int total = past_len + n_tokens;
+        for (int p = 0; p < total; ++p) {
             h = std::fmod(h * 31.0 + slot[static_cast<size_t>(p) * kv.head_dim()] + 7.0, 1000003.0);
-        float* out = logits + static_cast<size_t>(b) * n_vocab_;
-        for (int v = 0; v < n_vocab_; ++v)
-            out[v] = static_cast<float>(3.0 * std::cos(0.61 * v + 0.013 * h) + 0.5 * std::sin(0.17 * v * (1 + std::fmod(h, 5.0))));
+            const int row_out = p - (total - n_logits);
+            if (row_out < 0) continue;
+            float* out = logits + (static_cast<size_t>(b) * n_logits + row_out) * n_vocab_;
+            for (int v = 0; v < n_vocab_; ++v)
+                out[v] = static_cast<float>(3.0 * std::cos(0.61 * v + 0.013 * h) +
+                                            0.5 * std::sin(0.17 * v * (1 + std::fmod(h, 5.0))));
+            const int echo = p + 1 - repeat_period_;
+            if (repeat_period_ > 0 && echo >= 0) {
+                const auto t = static_cast<int>(slot[static_cast<size_t>(echo) * kv.head_dim()]);
+                if (t >= 0 && t < n_vocab_) out[t] += 5.0f;
+            }
+        }
     }
 }
 

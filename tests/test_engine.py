@@ -10,18 +10,22 @@ from edgeai import SamplingParams, _core
 V = 97
 
 
-def make_engine(cache_mb=8, max_seq=256, chunk=512):
-    fake = _core.FakeForward(V)
+def make_engine(cache_mb=8, max_seq=256, chunk=512, repeat_period=0):
+    fake = _core.FakeForward(V, repeat_period)
     return fake, _core.Engine(fake, 2, 2, 4, max_seq, V, cache_mb << 20, chunk)
 
 
-def fake_logits(tokens):
+def fake_logits(tokens, repeat_period=0):
     """NumPy twin of FakeForward: logits for the last position of a row holding `tokens`."""
     h = 0.0
     for t in tokens:
         h = np.fmod(h * 31.0 + float(t) + 7.0, 1000003.0)
     v = np.arange(V, dtype=np.float64)
-    return (3.0 * np.cos(0.61 * v + 0.013 * h) + 0.5 * np.sin(0.17 * v * (1 + np.fmod(h, 5.0)))).astype(np.float32)
+    out = (3.0 * np.cos(0.61 * v + 0.013 * h) + 0.5 * np.sin(0.17 * v * (1 + np.fmod(h, 5.0)))).astype(np.float32)
+    echo = len(tokens) - repeat_period
+    if repeat_period and echo >= 0:
+        out[tokens[echo]] += 5.0
+    return out
 
 
 def greedy(engine, prompt, n=12, **kw):
@@ -177,3 +181,68 @@ def test_queued_generation_from_many_threads():
     for t in threads:
         t.join(10)
     assert results == expected
+
+
+# ---- draft tokens (prompt lookup): same tokens as plain decoding, fewer forward passes
+
+LOOP = dict(repeat_period=9)  # the fake then drifts into loops that prompt lookup can predict
+PROMPT = [5, 17, 42, 8, 5, 17, 61, 30, 2, 11, 5, 17]
+
+
+def drafted(engine, prompt, k, params=None, n=60, **kw):
+    chain = (params or SamplingParams(temperature=0.0)).make_chain()
+    return engine.generate(prompt, chain, max_new_tokens=n, draft_tokens=k, **kw)
+
+
+def test_greedy_with_drafts_matches_the_reference_with_fewer_forwards():
+    seq, ref = list(PROMPT), []
+    for _ in range(60):
+        ref.append(int(np.argmax(fake_logits(seq, 9))))
+        seq.append(ref[-1])
+    fake0, plain = make_engine(**LOOP)
+    assert drafted(plain, PROMPT, 0)["sequences"][0] == ref
+    for k in (1, 3, 8):
+        fake, e = make_engine(**LOOP)
+        r = drafted(e, PROMPT, k)
+        assert r["sequences"][0] == ref, k
+        assert r["draft_accepted"] > 10 and r["decode_steps"] + r["draft_accepted"] == 59
+        assert fake.calls < fake0.calls  # the point: fewer forward passes
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.9, top_k=20, seed=7),
+    SamplingParams(temperature=0.7, top_p=0.9, min_p=0.05, seed=3),
+    SamplingParams(temperature=0.0, repetition_penalty=1.3, presence_penalty=0.5, penalty_last_n=16),
+])
+def test_sampling_and_penalties_are_unchanged_by_drafts(params):
+    _, a = make_engine(**LOOP)
+    _, b = make_engine(**LOOP)
+    assert drafted(a, PROMPT, 0, params)["sequences"] == drafted(b, PROMPT, 4, params)["sequences"]
+
+
+def test_stops_inside_a_confirmed_draft_and_limits_are_exact():
+    _, e = make_engine(**LOOP)
+    full = drafted(e, PROMPT, 0)["sequences"][0]
+    for n in (1, 2, 7, 33):
+        r = drafted(e, PROMPT, 5, n=n, use_prompt_cache=False)
+        assert r["sequences"][0] == full[:n] and r["finish_reason"] == "length"
+    later = full[20]
+    r = drafted(e, PROMPT, 5, eos_ids=[later])
+    assert r["sequences"][0] == full[:full.index(later) + 1] and r["finish_reason"] == "stop"
+    seen = []
+    r = drafted(e, PROMPT, 5, on_token=lambda t: seen.append(t) or len(seen) < 25)
+    assert r["sequences"][0] == full[:25] == seen and r["finish_reason"] == "stop"
+
+
+def test_drafts_keep_the_prefix_cache_and_context_end_correct():
+    _, e = make_engine(max_seq=80, **LOOP)
+    _, plain = make_engine(max_seq=80, cache_mb=0, **LOOP)
+    first = drafted(e, PROMPT, 6, n=200)  # runs into the end of the context
+    assert first["sequences"] == drafted(plain, PROMPT, 0, n=200, use_prompt_cache=False)["sequences"]
+    assert len(PROMPT) + len(first["sequences"][0]) <= 80
+    follow = PROMPT + first["sequences"][0][:30]  # continues the cached row: confirmed drafts must be in it
+    r = drafted(e, follow, 6, n=20)
+    assert r["reused_tokens"] == len(follow) - 1
+    assert r["sequences"] == drafted(plain, follow, 0, n=20, use_prompt_cache=False)["sequences"]
+    with pytest.raises(ValueError, match="draft_tokens"):
+        drafted(e, PROMPT, -1)

@@ -140,6 +140,8 @@ def test_many_threads_share_one_llm(llm):
     (dict(prompt="x", stop=[""]), ValueError, "stop"),
     (dict(prompt="x", bogus=1), ValueError, "bogus"),
     (dict(prompt=[10_000]), ValueError, "vocabulary"),
+    (dict(prompt="x", prompt_lookup=-1), ValueError, "prompt_lookup"),
+    (dict(prompt="x", prompt_lookup=99), ValueError, "prompt_lookup"),
 ])
 def test_bad_inputs_raise_clear_errors(llm, kwargs, err, match):
     prompt = kwargs.pop("prompt")
@@ -185,3 +187,19 @@ def test_corrupt_graph_gives_a_clear_error(tiny_model, tmp_path):
     (folder / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot load the model graph"):
         edgeai.LLM(folder)
+
+
+@pytest.mark.parametrize("text", ["hello world hello world hello", "the cat sat on the mat, the cat sat"])
+def test_prompt_lookup_drafts_change_nothing_but_the_step_count(llm, tiny_model, text):
+    """Draft tokens run through ONNX Runtime as multi-row steps (num_logits > 1 on a cached prefix): the
+    tokens must stay those of the NumPy reference, with fewer forward steps once drafts are confirmed."""
+    ids = llm.tokenizer.encode(text)
+    ref = reference_greedy(tiny_model[0], ids, 40, llm.eos_token_ids)
+    plain = llm.generate(ids, max_new_tokens=40, use_prompt_cache=False)
+    fast = llm.generate(ids, max_new_tokens=40, prompt_lookup=4, use_prompt_cache=False)
+    assert plain.token_ids == fast.token_ids == ref
+    t = fast.timings
+    assert t["draft_proposed"] > 0
+    assert t["decode_steps"] + t["draft_accepted"] == len(ref) - 1 or fast.finish_reason == "stop"
+    seeded = dict(max_new_tokens=40, temperature=1.5, top_k=8, seed=5, use_prompt_cache=False)
+    assert llm.generate(ids, **seeded).token_ids == llm.generate(ids, prompt_lookup=3, **seeded).token_ids

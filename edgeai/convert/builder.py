@@ -8,8 +8,9 @@ Graph I/O contract (the C++ decode engine and the evaluators depend on it; `grap
     total_sequence_length  int32   [1]       max over the batch of (past + seq)
     past_key_{i}           float32 [batch, kv_heads, past_seq, head_dim]   i = 0..num_layers-1
     past_value_{i}         float32 [batch, kv_heads, past_seq, head_dim]
+    num_logits             int64   [1]       optional (default 1): logits of the last num_logits positions
   outputs
-    logits                 float32 [batch, 1, vocab]  (last position only) or [batch, seq, vocab] (all_logits)
+    logits                 float32 [batch, num_logits, vocab], or [batch, seq, vocab] (all_logits graphs)
     present_key_{i}        float32 [batch, kv_heads, present_seq, head_dim]
     present_value_{i}      float32 [batch, kv_heads, present_seq, head_dim]
 
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .quantize import embedding_q8, from_block_quantized, map_group, map_linear
 from .weights import BlockQuantized, SourceModel, as_float
@@ -170,6 +171,11 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
     for i in range(L):
         for kind in ("key", "value"):
             g.inputs.append(vi(f"past_{kind}_{i}", f32, ["batch", KV, "past_sequence_length", D]))
+    if not all_logits:
+        # An input with a default (an initializer listed among the inputs): callers that never feed it get the
+        # last position's logits; the engine feeds k+1 to verify k draft tokens in one step.
+        g.inputs.append(vi("num_logits", i64, [1]))
+        g.inits.append(numpy_helper.from_array(np.array([1], np.int64), "num_logits"))
 
     # ---- embedding (and the tied LM head's weights)
     emb_src = t["model.embed_tokens.weight"]
@@ -226,9 +232,11 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
         down = b.linear(act, map_linear(t[p + "mlp.down_proj.weight"], quant), f"layers.{i}.down_proj", role="down")
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < L else "model.norm.weight"
-        if not all_logits and i + 1 == L:  # only the last position feeds the LM head
-            last = g.const([-1])
-            down, h = g.op("Gather", [down, last], axis=1), g.op("Gather", [h, last], axis=1)
+        if not all_logits and i + 1 == L:  # only the last num_logits positions feed the LM head
+            start = g.op("Neg", ["num_logits"])
+            end = g.const([np.iinfo(np.int64).max])
+            down = g.op("Slice", [down, start, end, g.const([1])])
+            h = g.op("Slice", [h, start, end, g.const([1])])
         x, _, _, h = g.op("SkipSimplifiedLayerNormalization",
                           [down, h, g.init(nxt.replace("model.", ""), as_float(t[nxt]))],
                           n_out=4, domain=MS, epsilon=eps)
@@ -261,7 +269,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
     g.nodes[-1].output[0] = "logits"
     g.data.close()
 
-    g.outputs.append(vi("logits", f32, ["batch", "sequence_length" if all_logits else 1, V]))
+    g.outputs.append(vi("logits", f32, ["batch", "sequence_length" if all_logits else "num_logits", V]))
     for i in range(L):
         for kind in ("key", "value"):
             g.outputs.append(vi(f"present_{kind}_{i}", f32, ["batch", KV, "present_sequence_length", D]))
@@ -288,6 +296,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
                      "continuation_chunks": "batch 1 only (prefill and 1-token decode: any batch)"},
         "max_seq_len": max_seq_len,
         "all_logits": all_logits,
+        **({} if all_logits else {"logits_rows_input": "num_logits"}),
         "quant": {"mode": quant, **({"weights": "float32 MatMul"} if quant == "fp32" else {
             "weights": "MatMulNBits block 32, integer zero points", **head_info,
             "projections": b.mapped, "exact": "q4_1 / q8_0 origins map GGUF blocks without re-quantization"})},

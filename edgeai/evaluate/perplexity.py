@@ -34,12 +34,14 @@ class _Session:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
         self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         self.past = {i.name: i.shape for i in self.sess.get_inputs() if i.name.startswith("past_")}
         logits = next(o for o in self.sess.get_outputs() if o.name == "logits")
-        self.all_logits = logits.shape[1] != 1
+        # last-position graphs: [batch, 1, vocab], or [batch, num_logits, vocab] (num_logits defaults to 1)
+        self.all_logits = logits.shape[1] not in (1, "num_logits")
         self.out_names = [o.name for o in self.sess.get_outputs()]
 
     def run(self, ids, past, past_len):

@@ -1,0 +1,19 @@
+// Draft tokens by prompt lookup: when the last few tokens of the text so far occurred earlier (in the
+// prompt or in what was generated), guess that what followed them then follows again. A decode step can
+// then check several guesses at once: feeding k draft tokens with the new one costs little more than one
+// token, because a step's time goes into streaming the weights from memory (bench/matmulnbits_scaling.py),
+// and every guess the sampler confirms saves a whole step. The output does not change: each position is
+// still sampled in order from the model's own logits; drafts only decide how many positions a step sees.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace edgeai {
+
+// Up to max_draft tokens that followed the most recent earlier occurrence of the last n tokens of
+// `history`, trying n = max_ngram down to min_ngram; empty when nothing matches.
+std::vector<int32_t> prompt_lookup_draft(const std::vector<int32_t>& history, int max_draft, int max_ngram = 3,
+                                         int min_ngram = 1);
+
+}  // namespace edgeai
