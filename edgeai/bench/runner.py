@@ -57,11 +57,11 @@ def _rss_mb():
         return None
 
 
-def measure(kind, model, prompts, new=128, threads=2, warm_tokens=8) -> dict:
+def measure(kind, model, prompts, new=128, threads=2, warm_tokens=8, options=None) -> dict:
     r = {"kind": kind, "model": str(model), "threads": threads, "pid": os.getpid(),
-         "python": sys.executable, "rss_before_load_mb": _rss_mb()}
+         "python": sys.executable, "rss_before_load_mb": _rss_mb(), "options": options or {}}
     t0 = time.perf_counter()
-    eng = peers.ENGINES[kind](model, threads)
+    eng = peers.ENGINES[kind](model, threads, **(options or {}))
     r["load_s"] = time.perf_counter() - t0
     if getattr(eng, "load_s", None):  # the engine's own figure (excludes the Python import of the engine)
         r["engine_load_s"] = eng.load_s
@@ -85,7 +85,7 @@ def measure(kind, model, prompts, new=128, threads=2, warm_tokens=8) -> dict:
             steps = max(1, len(toks) - 1)
             if tm.get("decode_tokens_per_s"):
                 d["engine_tokens_per_s"] = tm["decode_tokens_per_s"]
-            for key in ("forward_s", "overhead_s", "prefill_s", "decode_s"):
+            for key in ("forward_s", "overhead_s", "prefill_s", "decode_s", "draft_proposed", "draft_accepted"):
                 if tm.get(key) is not None:
                     d[key] = tm[key]
             steps = tm.get("decode_steps") or steps
@@ -114,6 +114,7 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="only report whether the engine is installed")
+    ap.add_argument("--options", default=None, help="JSON keyword arguments for the engine adapter")
     a = ap.parse_args(argv)
     if a.check or not peers.installed(a.kind):
         ok = peers.installed(a.kind)
@@ -121,7 +122,8 @@ def main(argv=None):
         return 0 if ok else 3
     with open(a.prompts) as f:
         prompts = json.load(f)
-    r = measure(a.kind, a.model, prompts, new=a.new, threads=a.threads)
+    r = measure(a.kind, a.model, prompts, new=a.new, threads=a.threads,
+                options=json.loads(a.options) if a.options else None)
     r["installed"] = True
     print("RESULT " + json.dumps(r), flush=True)
     return 0
