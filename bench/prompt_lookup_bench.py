@@ -4,9 +4,12 @@
                 what it has read, the case drafts are for (RAG answers quote their context the same way).
   chat          chat-template questions with free-form answers: drafts rarely land, and the adaptive
                 draft length must keep their cost near zero.
+  rag           the same kind of questions about the Python docs, asked the way `edgeai ask` asks them
+                (retrieved chunks in the RAG template, repetition penalty 1.1), when `edgeai ask` has built
+                its default index.
 
-For each prompt, `prompt_lookup=0` and each k run alternately (2 rounds, medians), 128 new tokens with EOS
-suppressed. Prints tokens/s, the speed-up, drafts confirmed/fed, and where the drafted tokens first differ
+For each prompt, `prompt_lookup=0` and each k run alternately (2 rounds, medians); continuations get 128 new
+tokens with EOS suppressed, questions end with the model's answer (at most 256 tokens). Prints tokens/s, the speed-up, drafts confirmed/fed, and where the drafted tokens first differ
 from plain decoding (int8-activation models round a multi-token step slightly differently: near-ties can
 flip, see edgeai/llm.py). Geometric-mean speed-ups per kind at the end.
 
@@ -25,6 +28,30 @@ sys.path.insert(0, str(ROOT))
 QUESTIONS = ["How do I read a CSV file in Python?", "Write a short story about a robot.",
              "Explain recursion with an example.", "List three uses of the os module.",
              "What is the difference between a list and a tuple?", "Give me tips for a job interview."]
+
+
+RAG_QUESTIONS = ["How do I read a CSV file with the csv module?", "How do I parse command line arguments?",
+                 "How can I compute a SHA-256 digest of a file?", "How do I run a shell command and get its output?",
+                 "How do I format a date as ISO 8601?", "How do I make a temporary directory?"]
+
+
+def rag_prompts(llm) -> list:
+    """Prompts exactly as `edgeai ask` builds them, from the default index (skipped when there is none)."""
+    from edgeai.paths import cache_dir
+    from edgeai.retrieval.embedder import DEFAULT_MODEL, Embedder
+    from edgeai.retrieval.rag import RAG
+
+    folder = cache_dir() / "index" / "default"
+    if not folder.is_dir():
+        print(f"no default index at {folder} (run `edgeai ask` once): rag prompts skipped", file=sys.stderr)
+        return []
+    rag = RAG(llm, Embedder(DEFAULT_MODEL), folder)
+    out = []
+    for q in RAG_QUESTIONS:
+        messages, _ = rag.build_messages(q, rag.retrieve(q, k=3), 384)
+        out.append(("rag", q, llm.tokenizer.encode(llm.tokenizer.apply_chat_template(messages,
+                                                                                     add_generation_prompt=True))))
+    return out
 
 
 def first_difference(a, b) -> int:
@@ -47,7 +74,12 @@ def main():
     prompts = [("continuation", f"text@{o}", ids[o:o + 86]) for o in np.linspace(0, len(ids) - 200, 6).astype(int)]
     prompts += [("chat", q, tok.encode(tok.apply_chat_template([{"role": "user", "content": q}],
                                                              add_generation_prompt=True))) for q in QUESTIONS]
-    kw = dict(max_new_tokens=128, logit_bias={int(t): -1e4 for t in llm.eos_token_ids})
+    prompts += rag_prompts(llm)
+    # Continuations run 128 tokens with EOS suppressed; questions end where the model ends its answer (at
+    # most 256 tokens): a suppressed EOS would push them into the repetitive text drafts predict best.
+    no_eos = dict(max_new_tokens=128, logit_bias={int(t): -1e4 for t in llm.eos_token_ids})
+    answer = dict(max_new_tokens=256)
+    ask = dict(answer, repetition_penalty=1.1)  # what `edgeai ask` uses
     llm.generate(prompts[0][2], max_new_tokens=8)  # warm-up
     ks = [0] + list(args.k)
     rows = []
@@ -55,22 +87,23 @@ def main():
         speed, gens = {k: [] for k in ks}, {}
         for rnd in range(2):
             for k in (ks if rnd == 0 else ks[::-1]):
-                g = llm.generate(list(p), prompt_lookup=k, **kw)
+                g = llm.generate(list(p), prompt_lookup=k, **{"continuation": no_eos, "chat": answer, "rag": ask}[kind])
                 speed[k].append(g.timings["decode_tokens_per_s"])
                 gens[k] = g
-        row = {"kind": kind, "prompt": name, "plain_tok_s": float(np.median(speed[0]))}
+        row = {"kind": kind, "prompt": name, "plain_tok_s": float(np.median(speed[0])),
+               "tokens": len(gens[0].token_ids)}
         for k in args.k:
             t = gens[k].timings
             row[f"k{k}"] = {"tok_s": float(np.median(speed[k])), "speedup": float(np.median(speed[k]) / row["plain_tok_s"]),
                             "confirmed": t["draft_accepted"], "fed": t["draft_proposed"],
                             "first_difference": first_difference(gens[0].token_ids, gens[k].token_ids)}
         rows.append(row)
-        print(f"{kind:12s} {name[:34]:34s} plain {row['plain_tok_s']:6.1f} tok/s  " + "  ".join(
+        print(f"{kind:12s} {name[:34]:34s} {row['tokens']:3d} tokens, plain {row['plain_tok_s']:6.1f} tok/s  " + "  ".join(
             f"k={k}: {row[f'k{k}']['tok_s']:6.1f} x{row[f'k{k}']['speedup']:.2f} "
             f"({row[f'k{k}']['confirmed']}/{row[f'k{k}']['fed']}, same for {row[f'k{k}']['first_difference']})"
             for k in args.k), flush=True)
     summary = {}
-    for kind in ("continuation", "chat"):
+    for kind in sorted({r["kind"] for r in rows}):
         for k in args.k:
             s = [r[f"k{k}"]["speedup"] for r in rows if r["kind"] == kind]
             summary[f"{kind} k={k}"] = round(float(np.exp(np.mean(np.log(s)))), 3)
