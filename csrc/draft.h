@@ -13,7 +13,7 @@ namespace edgeai {
 
 // Up to max_draft tokens that followed the most recent earlier occurrence of the last n tokens of
 // `history`, trying n = max_ngram down to min_ngram; empty when nothing matches.
-std::vector<int32_t> prompt_lookup_draft(const std::vector<int32_t>& history, int max_draft, int max_ngram = 3,
+std::vector<int32_t> prompt_lookup_draft(const std::vector<int32_t>& history, int max_draft, int max_ngram = 5,
                                          int min_ngram = 2);
 
 }  // namespace edgeai
