@@ -29,6 +29,12 @@ _GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_p
                             num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None,
                             prompt_lookup=None)
 MAX_PROMPT_LOOKUP = 16
+
+
+def _checked_prompt_lookup(k) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_PROMPT_LOOKUP:
+        raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {k!r}")
+    return k
 _EARLY = {False: _core.EarlyStopping.HEURISTIC, True: _core.EarlyStopping.TRUE, "never": _core.EarlyStopping.NEVER}
 
 
@@ -77,10 +83,7 @@ class LLM:
         # sampled in order from the model's logits. With int8-activation (q4/q8) graphs a multi-token step
         # rounds activations slightly differently from a one-token step, so where two tokens are nearly tied
         # the choice can differ from prompt_lookup=0 (as it can with another prefill chunk size); fp32 agrees.
-        if not isinstance(prompt_lookup, int) or isinstance(prompt_lookup, bool) or \
-                not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
-            raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {prompt_lookup!r}")
-        self.prompt_lookup = prompt_lookup
+        self.prompt_lookup = _checked_prompt_lookup(prompt_lookup)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
@@ -168,11 +171,7 @@ class LLM:
             raise ValueError("early_stopping must be True, False or 'never'")
         if gen["truncate"] not in (None, "left"):
             raise ValueError("truncate must be None or 'left'")
-        k = gen["prompt_lookup"]
-        if k is None:
-            k = self.prompt_lookup
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_PROMPT_LOOKUP:
-            raise ValueError(f"prompt_lookup must be an integer in [0, {MAX_PROMPT_LOOKUP}], got {k!r}")
+        k = self.prompt_lookup if gen["prompt_lookup"] is None else _checked_prompt_lookup(gen["prompt_lookup"])
         gen["prompt_lookup"] = k if getattr(self._forward, "multi_logits", False) else 0  # older folders: none
         return params, gen
 

@@ -25,7 +25,6 @@ import json
 import os
 import struct
 import tempfile
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
