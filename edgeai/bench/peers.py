@@ -29,11 +29,11 @@ def installed(kind: str) -> bool:
 
 
 class EdgeAI:
-    def __init__(self, model, threads, prompt_lookup=None):
+    def __init__(self, model, threads, **options):
         import edgeai
 
-        extra = {} if prompt_lookup is None else {"prompt_lookup": int(prompt_lookup)}
-        self.llm = edgeai.LLM(model, threads=threads, prompt_cache=False, **extra)
+        # options: LLM keyword arguments under test (prompt_lookup, prefill_chunk, ...)
+        self.llm = edgeai.LLM(model, threads=threads, prompt_cache=False, **options)
         self.load_s = getattr(self.llm, "load_time_s", None)
         # a fixed number of new tokens: EOS gets a large negative logit bias (greedy stays greedy otherwise)
         self.no_eos = {int(t): -1e4 for t in getattr(self.llm, "eos_token_ids", []) or []}

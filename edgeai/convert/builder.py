@@ -25,8 +25,9 @@ Per layer (fused ops keep the node count low, which matters for 1-token decode l
   SkipSimplifiedLayerNorm -> one q/k/v projection -> GroupQueryAttention (RoPE inside, cos/sin caches
   as initializers, packed QKV) -> o_proj -> SkipSimplifiedLayerNorm -> one gate/up projection -> Split
   -> x*sigmoid(x)*up -> down_proj.
-Projections are MatMul (fp32) or MatMulNBits (q4/q8, see quantize.py); GGUF Q4_1 weights add an exact
-"mins" term  sum_b m'_b * sum(x_b)  (block sums as a MatMul with a 0/1 matrix, then a small MatMul).
+Projections are MatMul (fp32) or MatMulNBits (q4/q8, see quantize.py); GGUF Q4_1 weights add a "mins" term
+sum_b m'_b * sum(x_b), folded into the same MatMulNBits: the input gets its block sums appended (one MatMul
+with a 0/1 matrix and a Concat) and the weight the mins as extra columns (`fold_mins`).
 Quantized embeddings stay 8-bit: only the gathered rows are dequantized, and a tied LM head (8-bit
 MatMulNBits) reuses the same initializers, so no float vocab x hidden table exists in q4/q8.
 
@@ -42,7 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .quantize import embedding_q8, from_block_quantized, map_group, map_linear
+from .quantize import NBitsWeight, embedding_q8, fold_mins, from_block_quantized, map_group, map_linear, mins_digits
 from .weights import BlockQuantized, SourceModel, as_float
 
 OPSET = 17
@@ -112,16 +113,32 @@ class _Builder:
         self.block_sums = {}  # input name -> its per-block sums (shared by fused projections)
         self.mapped = {}  # "bits-bit origin" -> number of projections (reported in graph_info)
 
-    def _block_sum(self, x, k, block):
-        """Per-block sums of x [.., K] -> [.., K/block], as one MatMul with a 0/1 matrix (fewer nodes than
-        Reshape + ReduceSum: per-node overhead dominates 1-token decode)."""
-        if x not in self.block_sums:
+    def _with_block_sums(self, x, k, block, digits):
+        """[x, s, .., s] with s = the per-block sums of x [.., K], padded to whole blocks and repeated `digits`
+        times: the input of a MatMulNBits whose weight went through `fold_mins`. The sums are one MatMul with
+        a 0/1 matrix (fewer nodes than Reshape + ReduceSum: per-node overhead dominates 1-token decode)."""
+        if (x, digits) not in self.block_sums:
+            nb = k // block
             key = ("blocksum", k, block)
             if key not in self.g.consts:
-                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
-                self.g.consts[key] = self.g.init(f"block_sum_{k}x{k // block}", ones)
-            self.block_sums[x] = self.g.op("MatMul", [x, self.g.consts[key]])
-        return self.block_sums[x]
+                ones = np.kron(np.eye(nb, dtype=np.float32), np.ones((block, 1), np.float32))
+                ones = np.pad(ones, ((0, 0), (0, -nb % block)))
+                self.g.consts[key] = self.g.init(f"block_sum_{k}x{ones.shape[1]}", ones)
+            sums = self.g.op("MatMul", [x, self.g.consts[key]])
+            self.block_sums[(x, digits)] = self.g.op("Concat", [x] + [sums] * digits, axis=-1)
+        return self.block_sums[(x, digits)]
+
+    def matmul_nbits(self, x, w: NBitsWeight, name, accuracy_level, shared=None):
+        """x @ w^T with one MatMulNBits; a Q4_1 mins term rides along as extra input columns (fold_mins).
+        shared: existing initializers (codes, scales) holding w (the embedding table, for a tied head)."""
+        if w.mins is not None:
+            x = self._with_block_sums(x, w.shape[1], w.block_size, mins_digits(w))
+            w, shared = fold_mins(w)[0], None
+        n, k = w.shape
+        codes, scales = shared or (self.g.init(name + ".qweight", w.packed_b()), self.g.init(name + ".scales", w.scales))
+        ins = [x, codes, scales, self.g.init(name + ".zero_points", w.packed_zero_points())]
+        return self.g.op("MatMulNBits", ins, domain=MS, K=k, N=n, bits=w.bits, block_size=w.block_size,
+                         accuracy_level=accuracy_level)
 
     def linear(self, x, w, name, bias=None, transposed_init=None, role="qkv", accuracy_level=None):
         """y = x @ w^T (+ bias); w is float [N, K] or NBitsWeight."""
@@ -129,16 +146,9 @@ class _Builder:
         if isinstance(w, np.ndarray):
             y = g.op("MatMul", [x, transposed_init or g.init(name + ".weight_t", w.T)])
         else:
-            n, k = w.shape
             tag = f"{w.bits}-bit {w.origin}"
             self.mapped[tag] = self.mapped.get(tag, 0) + 1
-            ins = [x, g.init(name + ".qweight", w.packed_b()), g.init(name + ".scales", w.scales),
-                   g.init(name + ".zero_points", w.packed_zero_points())]
-            y = g.op("MatMulNBits", ins, domain=MS, K=k, N=n, bits=w.bits, block_size=w.block_size,
-                     accuracy_level=self.acc[role] if accuracy_level is None else accuracy_level)
-            if w.mins is not None:
-                m = g.op("MatMul", [self._block_sum(x, k, w.block_size), g.init(name + ".mins_t", w.mins.T)])
-                y = g.op("Add", [y, m])
+            y = self.matmul_nbits(x, w, name, self.acc[role] if accuracy_level is None else accuracy_level)
         if bias is not None:
             y = g.op("Add", [y, g.init(name + ".bias", bias.astype(np.float32))])
         return y
@@ -253,14 +263,9 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         else:
             logits = b.linear(x, as_float(t["lm_head.weight"]), "lm_head")
     else:
-        if tied:
+        if tied:  # reads the embedding's codes in place (a Q4_1 table's folded mins need their own copy)
             hw = ew
-            ins = [x, qb, sc, g.init("lm_head.zero_points", hw.packed_zero_points())]
-            logits = g.op("MatMulNBits", ins, domain=MS, K=E, N=V, bits=8, block_size=hw.block_size,
-                          accuracy_level=b.acc["lm_head"])
-            if hw.mins is not None:
-                m = g.op("MatMul", [b._block_sum(x, E, hw.block_size), g.init("lm_head.mins_t", hw.mins.T)])
-                logits = g.op("Add", [logits, m])
+            logits = b.matmul_nbits(x, hw, "lm_head", b.acc["lm_head"], shared=(qb, sc))
         else:  # the head is sensitive: 8-bit even for q4 (exact when the source is already blocked)
             hs = t["lm_head.weight"]
             hw = from_block_quantized(hs) if isinstance(hs, BlockQuantized) else map_linear(hs, "q8")

@@ -156,6 +156,47 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | No
                        zp.astype(np.uint8), None, block, "rtn")
 
 
+def fold_mins(w: NBitsWeight):
+    """Move the Q4_1 mins term inside MatMulNBits: returns (weight over [x, block sums], the mins it encodes).
+
+    sum_b m'_b * sum(x_b) is a product with the input's block sums, so appending those sums to the input
+    (padded to whole blocks) lets the same MatMulNBits compute it, with the mins as extra weight columns. A
+    separate float MatMul + Add per projection cost ~27% of a SmolLM2 decode step (node dispatch, not bytes).
+    The mins must be stored as codes: 4-bit weights use two 4-bit digits per min (a coarse one and one for
+    its rounding residual, 1/14 of the coarse step), so each min is kept to within 1/420 of its row block's
+    range; 8-bit weights use one digit (1/510). The input side must repeat the block sums once per digit.
+    """
+    n, k = w.shape
+    blk, qmax = w.block_size, (1 << w.bits) - 1
+    nb = k // blk
+    nbp = -(-nb // blk) * blk  # block sums, padded to whole blocks
+    v = np.zeros((n, nbp), np.float32)
+    v[:, :nb] = w.mins
+    v = v.reshape(n, nbp // blk, blk)
+    lo, hi = np.minimum(v.min(-1), 0.0), np.maximum(v.max(-1), 0.0)
+    s1 = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+    z1 = np.clip(np.round(-lo / s1), 0, qmax)
+    c1 = np.clip(np.round(v / s1[..., None]) + z1[..., None], 0, qmax)
+    approx = (c1 - z1[..., None]) * s1[..., None]
+    codes, scales, zps = [c1], [s1], [z1]
+    if w.bits == 4:  # levels (c - 7) * s1/14, c = 0..15, span the first digit's rounding error [-s1/2, s1/2]
+        s2 = (s1 / (qmax - 1)).astype(np.float32)
+        z2 = np.full_like(z1, qmax // 2)
+        c2 = np.clip(np.round((v - approx) / s2[..., None]) + z2[..., None], 0, qmax)
+        approx = approx + (c2 - z2[..., None]) * s2[..., None]
+        codes, scales, zps = codes + [c2], scales + [s2], zps + [z2]
+    folded = NBitsWeight(w.bits, np.concatenate([w.q] + [c.reshape(n, nbp).astype(np.uint8) for c in codes], axis=1),
+                         np.concatenate([w.scales] + scales, axis=1).astype(np.float32),
+                         np.concatenate([w.zero_points] + [z.astype(np.uint8) for z in zps], axis=1),
+                         None, blk, w.origin)
+    return folded, approx.reshape(n, nbp)[:, :nb].astype(np.float32)
+
+
+def mins_digits(w: NBitsWeight) -> int:
+    """How many copies of the block sums `fold_mins(w)` expects after the input."""
+    return 2 if w.bits == 4 else 1
+
+
 def from_block_quantized(t: BlockQuantized, bits: int | None = None) -> NBitsWeight:
     """Exact MatMulNBits form of a GGUF block (no re-quantization); Q4_1 may be widened to 8-bit storage."""
     rows, cols = t.q.shape
@@ -224,18 +265,24 @@ def effective_source(source, quant: str):
         return source
     t, cfg = source.tensors, source.config
     out = {k: as_float(v) for k, v in t.items()}
+
+    def as_graph(w):  # the mins as fold_mins stores them
+        if w.mins is not None:
+            w = NBitsWeight(w.bits, w.q, w.scales, w.zero_points, fold_mins(w)[1], w.block_size, w.origin)
+        return w.dequantize()
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         for names in (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]):
-            w = map_group([t[p + n + ".weight"] for n in names], quant).dequantize()
+            w = map_group([t[p + n + ".weight"] for n in names], quant)
+            w = w if isinstance(w, np.ndarray) else as_graph(w)
             rows = np.cumsum([t[p + n + ".weight"].shape[0] for n in names])[:-1]
             for n, part in zip(names, np.split(w, rows)):
                 out[p + n + ".weight"] = part
         for n in ("self_attn.o_proj", "mlp.down_proj"):
-            out[p + n + ".weight"] = map_linear(t[p + n + ".weight"], quant).dequantize()
+            out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant))
     out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
     if "lm_head.weight" in t:
         h = t["lm_head.weight"]
-        out["lm_head.weight"] = (from_block_quantized(h) if isinstance(h, BlockQuantized)
-                                 else map_linear(h, "q8")).dequantize()
+        out["lm_head.weight"] = as_graph(from_block_quantized(h) if isinstance(h, BlockQuantized)
+                                         else map_linear(h, "q8"))
     return replace(source, tensors=out)
