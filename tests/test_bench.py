@@ -95,6 +95,10 @@ def test_prompts_exact_lengths(tiny_folder):
     assert len(p["decode"]["16"]) == 16 and len(p["warm"]) == 24
     assert p["ttft"]["8"] == p["ttft"]["32"][:8]
     assert p["decode"]["16"] != p["ttft"]["32"][:16]
+    w = bench.make_prompts(tiny_folder, lengths=(8,), contexts=(16,), windows=3)
+    assert list(w["decode"]) == ["16", "16#2", "16#3"] and w["decode"]["16"] == p["decode"]["16"]
+    assert all(len(v) == 16 for v in w["decode"].values())
+    assert len({tuple(v) for v in w["decode"].values()}) == 3  # three different places in the text
 
 
 def _llm_or_skip():

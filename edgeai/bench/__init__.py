@@ -100,9 +100,12 @@ def check_installed(cfg: Config, timeout=120) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def make_prompts(model_folder, text_path=DEFAULT_TEXT, lengths=PROMPT_LENGTHS, contexts=DECODE_CONTEXTS) -> dict:
+def make_prompts(model_folder, text_path=DEFAULT_TEXT, lengths=PROMPT_LENGTHS, contexts=DECODE_CONTEXTS,
+                 windows: int = 1) -> dict:
     """Token ids of exact lengths cut from a real text (edgeai's tokenizer of `model_folder`).
-    TTFT prompts start at the text's beginning, decode prompts further in, the warm-up prompt elsewhere."""
+    TTFT prompts start at the text's beginning, decode prompts further in, the warm-up prompt elsewhere.
+    windows > 1 adds decode prompts of each length from further places ("C#2", "C#3", ...): how much a
+    continuation repeats itself (and so what draft tokens gain) depends on where the text is cut."""
     from ..tokenizer import Tokenizer
 
     ids = Tokenizer.from_folder(model_folder).encode(Path(text_path).read_text(encoding="utf-8", errors="replace"),
@@ -115,9 +118,13 @@ def make_prompts(model_folder, text_path=DEFAULT_TEXT, lengths=PROMPT_LENGTHS, c
     def cut(start, n):
         return [int(t) for t in ids[start:start + n]]
 
+    def room(n):  # decode windows of n tokens start in [half, half + room) and end before the warm-up prompt
+        return len(ids) - 48 - n - half
+
     return {"text": str(text_path), "warm": cut(len(ids) - 48, 24),
             "ttft": {str(L): cut(0, L) for L in lengths},
-            "decode": {str(C): cut(half, C) for C in contexts}}
+            "decode": {(str(C) if w == 0 else f"{C}#{w + 1}"): cut(half + w * max(0, room(C)) // windows, C)
+                       for w in range(windows) for C in contexts}}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -209,7 +216,7 @@ def summarize(runs: list, max_busy: float) -> dict:
 
 def run_bench(models=(), peers=None, reps=3, threads=2, new=128, lengths=PROMPT_LENGTHS,
               contexts=DECODE_CONTEXTS, text=DEFAULT_TEXT, max_busy=0.25, max_reruns=None, quiet_wait_s=20.0,
-              bw_mb=1024, bw_reps=5, log=None, timeout=900) -> dict:
+              bw_mb=1024, bw_reps=5, log=None, timeout=900, windows=1) -> dict:
     """Benchmark edgeai models (folders or names) and peers ({kind: {"python", "model"}}); returns a dict."""
     from ..evaluate.report import run_meta
 
@@ -235,7 +242,7 @@ def run_bench(models=(), peers=None, reps=3, threads=2, new=128, lengths=PROMPT_
     gbps = max(b["gbps"] for b in bw.values())
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeai-bench-"))
-    prompts = make_prompts(configs[0].model, text, lengths, contexts)
+    prompts = make_prompts(configs[0].model, text, lengths, contexts, windows)
     pp = tmp / "prompts.json"
     pp.write_text(json.dumps(prompts))
 
