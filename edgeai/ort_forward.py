@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 
-def release_mapped_weights(data_path: str) -> int:
+def release_mapped_weights(data_path: str, gathered_ranges=()) -> int:
     """Give back the resident pages of the weight file that ONNX Runtime keeps mapped (Linux; returns bytes).
 
     ORT memory-maps page-aligned external data. MatMulNBits copies its weights into pre-packed buffers, but
@@ -27,6 +27,13 @@ def release_mapped_weights(data_path: str) -> int:
     that count as ours although decoding touches only the rows of the tokens it sees. Only mappings with no
     dirty page are advised, so MADV_DONTNEED drops nothing but clean copies of the file; a page needed later
     is faulted back in from the page cache.
+
+    gathered_ranges: [offset, length] of the tables read row by row (graph_info). A fault maps the whole
+    page-cache folio around a row, and a freshly written or read-ahead file sits in folios of up to 2 MB, so a
+    512-token prompt mapped ~30 MB of an 8-bit embedding table. These ranges are therefore also dropped from
+    the page cache (only pages that no process maps go) and marked random access (no read-ahead): each row
+    then comes back as one 4 KB page. The price is a disk read per new row page (measured: peak RSS 276 ->
+    249 MB, the first 512-token prompt of a process 5% slower).
     """
     if not sys.platform.startswith("linux"):
         return 0
@@ -37,16 +44,26 @@ def release_mapped_weights(data_path: str) -> int:
             for line in smaps:
                 if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                     parts = line.split()
-                    current = parts[0] if len(parts) >= 6 and parts[5] == target else None
+                    current = (parts[0], int(parts[2], 16)) if len(parts) >= 6 and parts[5] == target else None
                 elif current and line.startswith("Private_Dirty:") and int(line.split()[1]) == 0:
                     regions.append(current)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         released = 0
-        for span in regions:
-            start, end = (int(x, 16) for x in span.split("-"))
-            if libc.madvise(start, end - start, 4) == 0:  # 4 = MADV_DONTNEED
-                released += end - start
+        fd = os.open(target, os.O_RDONLY) if gathered_ranges else None
+        try:
+            for span, offset in regions:
+                start, end = (int(x, 16) for x in span.split("-"))
+                row_by_row = any(offset < o + n and o < offset + end - start for o, n in gathered_ranges)
+                if row_by_row:
+                    libc.madvise(start, end - start, 1)  # 1 = MADV_RANDOM: no read-ahead on faults
+                if libc.madvise(start, end - start, 4) == 0:  # 4 = MADV_DONTNEED
+                    released += end - start
+                    if row_by_row:
+                        os.posix_fadvise(fd, offset, end - start, os.POSIX_FADV_DONTNEED)
+        finally:
+            if fd is not None:
+                os.close(fd)
         return released
     except (OSError, AttributeError, ValueError):
         return 0
@@ -86,7 +103,7 @@ class OrtForward:
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause
             raise ValueError(f"cannot load the model graph {model_path} (corrupt or incomplete model folder? "
                              f"re-run `edgeai convert` or `edgeai pull --force`): {exc}") from exc
-        release_mapped_weights(model_path + ".data")
+        release_mapped_weights(model_path + ".data", graph.get("gathered_ranges") or ())
         self.binding = self.session.io_binding()
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .. import manifest as mf
+from ..durable import fsync_path, fsync_tree
 from .weights import SourceModel
 
 QUANTS = ("fp32", "q8", "q4")
@@ -105,6 +106,7 @@ def make_temp_dir(out_dir: Path) -> Path:
 
 def _swap_into_place(tmp: Path, out_dir: Path):
     """Rename tmp to out_dir; an existing out_dir is moved aside first and removed only after success."""
+    fsync_tree(tmp)  # also: dirty page-cache pages would stay resident in every process mapping the weights
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -115,6 +117,7 @@ def _swap_into_place(tmp: Path, out_dir: Path):
         if old is not None:
             old.rename(out_dir)
         raise
+    fsync_path(out_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

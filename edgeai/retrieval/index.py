@@ -34,6 +34,7 @@ import hnswlib
 import numpy as np
 
 from .._core import ReadWriteLock, SingleSearch, build_hits
+from ..durable import fsync_path
 
 MAGIC = b"EDGEVIDX"
 FORMAT_VERSION = 1
@@ -77,12 +78,7 @@ class RWLock:
 def fsync_replace(tmp: Path, target: Path) -> None:
     """Rename an already-fsynced temp file over target, then fsync the directory so the rename is durable."""
     os.replace(tmp, target)
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(str(target.parent), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_path(target.parent)
 
 
 class VectorIndex:

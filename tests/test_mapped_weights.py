@@ -1,0 +1,68 @@
+"""The weight file ONNX Runtime maps: pages of pre-packed weights are released, row-gathered tables are
+marked for row-by-row faulting (ort_forward.release_mapped_weights)."""
+import re
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgeai.convert.builder import build_onnx
+from edgeai.convert.tiny import make_tiny_source
+from edgeai.durable import fsync_tree
+from edgeai.ort_forward import release_mapped_weights, session_options
+
+
+def _external_ranges(model_path):
+    m = onnx.load(str(model_path), load_external_data=False)
+    out = {}
+    for t in m.graph.initializer:
+        d = {e.key: e.value for e in t.external_data}
+        if "offset" in d:
+            out[t.name] = [int(d["offset"]), int(d["length"])]
+    return out
+
+
+@pytest.mark.parametrize("quant", ["q4", "q8"])
+def test_graph_info_names_the_gathered_tables(tmp_path, quant):
+    info = build_onnx(make_tiny_source(vocab=512), tmp_path, quant, max_seq_len=64)
+    ranges = _external_ranges(tmp_path / "model.onnx")
+    assert info["gathered_ranges"] == [ranges[n] for n in
+                                       ("embed_tokens.qweight", "embed_tokens.scales", "embed_tokens.offset")]
+
+
+def test_fp32_gathers_no_separate_table(tmp_path):
+    # the fp32 table is also the tied head's weight, read whole every step: nothing to fault row by row
+    assert build_onnx(make_tiny_source(), tmp_path, "fp32", max_seq_len=64)["gathered_ranges"] == []
+
+
+def _mapped_rss_kb(data_path):
+    rss, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                parts = line.split()
+                current = len(parts) >= 6 and parts[5] == str(data_path)
+            elif current and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return rss
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux smaps and madvise")
+def test_release_leaves_no_resident_weight_pages_and_the_model_still_runs(tmp_path):
+    info = build_onnx(make_tiny_source(vocab=512), tmp_path, "q4", max_seq_len=64)
+    fsync_tree(tmp_path)  # as `edgeai convert` does: pages not yet written back are dirty and stay resident
+    data = (tmp_path / "model.onnx.data").resolve()
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), session_options(1), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([[3, 7, 11]], np.int64), "seqlens_k": np.array([2], np.int32),
+             "total_sequence_length": np.array([3], np.int32)}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_"):
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    before = sess.run(["logits"], feeds)[0]
+    released = release_mapped_weights(str(data), info["gathered_ranges"])
+    if not released:
+        pytest.skip("this ONNX Runtime build does not memory-map external data")
+    assert _mapped_rss_kb(data) == 0
+    np.testing.assert_array_equal(sess.run(["logits"], feeds)[0], before)  # rows fault back in from the file
