@@ -232,6 +232,14 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
                             num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
                             scale=float(1.0 / np.sqrt(D)))
         g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present_key_{i}", f"present_value_{i}"
+        if not all_logits and i + 1 == L:
+            # Only the last num_logits positions feed the LM head, and the cache needs nothing from the last
+            # layer past its attention: its o_proj and MLP run on those positions only (prefill: ~1/L less
+            # projection work).
+            start = g.op("Neg", ["num_logits"])
+            end = g.const([np.iinfo(np.int64).max])
+            attn = g.op("Slice", [attn, start, end, g.const([1])])
+            h = g.op("Slice", [h, start, end, g.const([1])])
         o = b.linear(attn, map_linear(t[p + "self_attn.o_proj.weight"], quant), f"layers.{i}.o_proj", role="o")
         x2, _, _, h = g.op("SkipSimplifiedLayerNormalization",
                            [o, h, g.init(f"layers.{i}.post_attention_layernorm.weight",
@@ -247,11 +255,6 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
         down = b.linear(act, map_linear(t[p + "mlp.down_proj.weight"], quant), f"layers.{i}.down_proj", role="down")
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < L else "model.norm.weight"
-        if not all_logits and i + 1 == L:  # only the last num_logits positions feed the LM head
-            start = g.op("Neg", ["num_logits"])
-            end = g.const([np.iinfo(np.int64).max])
-            down = g.op("Slice", [down, start, end, g.const([1])])
-            h = g.op("Slice", [h, start, end, g.const([1])])
         x, _, _, h = g.op("SkipSimplifiedLayerNormalization",
                           [down, h, g.init(nxt.replace("model.", ""), as_float(t[nxt]))],
                           n_out=4, domain=MS, epsilon=eps)
