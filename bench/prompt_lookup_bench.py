@@ -5,8 +5,8 @@
   chat          chat-template questions with free-form answers: drafts rarely land, and the adaptive
                 draft length must keep their cost near zero.
   rag           the same kind of questions about the Python docs, asked the way `edgeai ask` asks them
-                (retrieved chunks in the RAG template, repetition penalty 1.1), when `edgeai ask` has built
-                its default index.
+                (retrieved chunks in the RAG template, repetition penalty 1.1 over the last 64 tokens),
+                when `edgeai ask` has built its default index.
 
 For each prompt, `prompt_lookup=0` and each k run alternately (2 rounds, medians); continuations get 128 new
 tokens with EOS suppressed, questions end with the model's answer (at most 256 tokens). Prints tokens/s, the speed-up, drafts confirmed/fed, and where the drafted tokens first differ
@@ -79,7 +79,7 @@ def main():
     # most 256 tokens): a suppressed EOS would push them into the repetitive text drafts predict best.
     no_eos = dict(max_new_tokens=128, logit_bias={int(t): -1e4 for t in llm.eos_token_ids})
     answer = dict(max_new_tokens=256)
-    ask = dict(answer, repetition_penalty=1.1)  # what `edgeai ask` uses
+    ask = dict(answer, repetition_penalty=1.1, penalty_last_n=64)  # what `edgeai ask` uses
     llm.generate(prompts[0][2], max_new_tokens=8)  # warm-up
     ks = [0] + list(args.k)
     rows = []

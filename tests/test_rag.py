@@ -172,10 +172,13 @@ def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
     monkeypatch.setattr(cmd, "_load_llm", lambda name: (None, "edgeai.LLM is not available"))
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 1
     assert "edgeai.LLM is not available" in capsys.readouterr().out
-    monkeypatch.setattr(cmd, "_load_llm", lambda name: (FakeLLM("It opens [1]."), None))
+    fake = FakeLLM("It opens [1].")
+    monkeypatch.setattr(cmd, "_load_llm", lambda name: (fake, None))
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Itopens[1].") and "Sources:" in out  # FakeLLM streams words without spaces
+    # the anti-loop penalty must not reach back into the sources (answers then avoid the sources' words)
+    assert fake.kwargs["repetition_penalty"] == 1.1 and fake.kwargs["penalty_last_n"] == 64
 
 
 def test_damaged_store_is_a_clear_error(tmp_path):

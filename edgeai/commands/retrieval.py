@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     a.add_argument("--max-new-tokens", type=int, default=384)
     a.add_argument("--repetition-penalty", type=float, default=1.1,
                    help="discourages the loops small models fall into under greedy decoding (1 = off)")
+    a.add_argument("--penalty-last-n", type=int, default=64,
+                   help="the penalty looks at the last N tokens only (0 = all). Over the whole prompt it also "
+                        "penalizes the retrieved sources' words, and answers drift away from the sources")
     a.add_argument("--sources-only", action="store_true", help="print the retrieved sources, no LLM")
     a.set_defaults(func=cmd_ask)
 
@@ -80,7 +83,8 @@ def cmd_ask(args) -> int:
             print("    " + chunk["text"][:400].replace("\n", "\n    "))
         return 0 if args.sources_only else 1
     rag.llm = llm
-    extra = {"repetition_penalty": args.repetition_penalty} if args.repetition_penalty != 1.0 else {}
+    extra = ({"repetition_penalty": args.repetition_penalty, "penalty_last_n": args.penalty_last_n}
+             if args.repetition_penalty != 1.0 else {})
     answer = rag.ask(args.question, k=args.k, stream=True, max_new_tokens=args.max_new_tokens, **extra)
     for piece in answer:
         sys.stdout.write(piece)
