@@ -73,7 +73,7 @@ void bind_engine(py::module_& m) {
                 throw py::type_error("forward must be a FakeForward or a callable");
             return std::make_unique<Engine>(f, layers, kv_heads, head_dim, max_seq, n_vocab, cache_bytes, prefill_chunk);
         }), py::arg("forward"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("max_seq"),
-            py::arg("n_vocab"), py::arg("prompt_cache_bytes") = 64u << 20, py::arg("prefill_chunk") = 256)
+            py::arg("n_vocab"), py::arg("prompt_cache_bytes") = 64u << 20, py::arg("prefill_chunk") = 128)
         .def("generate", [](Engine& e, const std::vector<int32_t>& prompt, SamplerChain* chain, int max_new_tokens,
                             const std::vector<int32_t>& eos_ids, int num_beams, float length_penalty,
                             EarlyStopping early_stopping, int num_return_sequences, bool use_prompt_cache,

