@@ -25,11 +25,14 @@ def _external_ranges(model_path):
 
 
 @pytest.mark.parametrize("quant", ["q4", "q8"])
-def test_graph_info_names_the_gathered_tables(tmp_path, quant):
-    info = build_onnx(make_tiny_source(vocab=512), tmp_path, quant, max_seq_len=64)
+@pytest.mark.parametrize("gguf_like", [False, True])
+def test_graph_info_names_the_gathered_tables(tmp_path, quant, gguf_like):
+    info = build_onnx(make_tiny_source(vocab=512, quantized_like_gguf=gguf_like), tmp_path, quant, max_seq_len=64)
     ranges = _external_ranges(tmp_path / "model.onnx")
-    assert info["gathered_ranges"] == [ranges[n] for n in
-                                       ("embed_tokens.qweight", "embed_tokens.scales", "embed_tokens.offset")]
+    # a Q8_0 table needs no offsets (zp 128) and its float16 scales gather exactly as float16
+    names = (("embed_tokens.qweight", "embed_tokens.row_scales") if gguf_like else
+             ("embed_tokens.qweight", "embed_tokens.scales", "embed_tokens.offset"))
+    assert info["gathered_ranges"] == [ranges[n] for n in names]
 
 
 def test_fp32_gathers_no_separate_table(tmp_path):

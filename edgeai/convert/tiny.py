@@ -12,20 +12,27 @@ from .weights import BlockQuantized, LlamaConfig, SourceModel
 
 
 def to_q4_1(w: np.ndarray, block: int = 32) -> BlockQuantized:
-    """GGUF Q4_1 as llama.cpp makes it: per block d = (max-min)/15, m = min, q = round((w-m)/d)."""
+    """GGUF Q4_1 as llama.cpp makes it: per block d = (max-min)/15, m = min, q = round((w-m)/d); d and m are
+    stored as float16."""
     rows, cols = w.shape
     wb = w.reshape(rows, cols // block, block)
     mn, mx = wb.min(-1), wb.max(-1)
-    d = np.where(mx > mn, (mx - mn) / 15, 1.0).astype(np.float32)
+    d = _f16(np.where(mx > mn, (mx - mn) / 15, 1.0))
+    mn = _f16(mn)
     q = np.clip(np.round((wb - mn[..., None]) / d[..., None]), 0, 15).astype(np.uint8)
-    return BlockQuantized("q4_1", q.reshape(rows, cols), d, mn.astype(np.float32), block)
+    return BlockQuantized("q4_1", q.reshape(rows, cols), d, mn, block)
+
+
+def _f16(x) -> np.ndarray:
+    """float32 values that float16 holds exactly (GGUF stores block scales and mins as float16)."""
+    return np.asarray(x).astype(np.float16).astype(np.float32)
 
 
 def to_q8_0(w: np.ndarray, block: int = 32) -> BlockQuantized:
     rows, cols = w.shape
     wb = w.reshape(rows, cols // block, block)
     d = (np.abs(wb).max(-1) / 127).astype(np.float32)
-    d = np.where(d > 0, d, 1.0).astype(np.float32)
+    d = _f16(np.where(d > 0, d, 1.0))
     q = np.clip(np.round(wb / d[..., None]), -127, 127).astype(np.int8)
     return BlockQuantized("q8_0", q.reshape(rows, cols), d, None, block)
 
