@@ -106,6 +106,9 @@ def test_stream_and_sources(tmp_path):
     rag.add([_docs(tmp_path)])
     ans = rag.ask("push an item onto the heap", k=2, stream=True)
     assert ans.sources[0][1].endswith("heap.md") and ans.sources[0][2] == "heapq > heappush"
+    # the prompt names the file, not where it lives: moving the index must not change the answer
+    assert "[1] heap.md | heapq > heappush" in llm.messages[1]["content"]
+    assert str(tmp_path) not in llm.messages[1]["content"]
     assert list(ans) == ["heappush", "adds", "an", "item", "[1]"]
     assert ans.text == "heappushaddsanitem[1]"
 

@@ -201,7 +201,9 @@ class RAG:
         for chunk, score in retrieved:
             n = len(sources) + 1
             section = " > ".join(chunk["section"])
-            block = f"[{n}] {chunk['path']}" + (f" | {section}" if section else "") + "\n" + _defuse(chunk["text"])
+            # The file's name, not its path: where the index lives must not change the prompt (or the answer)
+            name = Path(chunk["path"]).name
+            block = f"[{n}] {name}" + (f" | {section}" if section else "") + "\n" + _defuse(chunk["text"])
             if budget is not None:
                 cost = _n_tokens(tok, block) + 2
                 if cost > budget:
