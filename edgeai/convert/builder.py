@@ -99,6 +99,35 @@ class _Graph:
         return outs[0] if n_out == 1 else outs
 
 
+def _quantized_embedding(g: _Graph, ew: NBitsWeight, hidden: int):
+    """Gather + dequantize rows of the 8-bit table `ew`: returns (h, codes, scales, gathered_ranges).
+
+    codes and scales (float32) are also the tied head's MatMulNBits inputs. The rows are gathered from the
+    mapped file, a few per token, so every gathered table costs resident pages: GGUF block scales are float16
+    (a float16 copy gathers exactly), and Q8_0 needs no offset table (its zero point is 128 everywhere)."""
+    f32 = TensorProto.FLOAT
+    qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8
+    sc = g.init("embed_tokens.scales", ew.scales)
+    exact16 = ew.origin in ("q8_0", "q4_1") and np.array_equal(ew.scales.astype(np.float16), ew.scales)
+    row_sc = g.init("embed_tokens.row_scales", ew.scales.astype(np.float16)) if exact16 else sc
+    rows = g.op("Cast", [g.op("Gather", [qb, "input_ids"])], to=f32)
+    s_ = g.op("Unsqueeze", [g.op("Gather", [row_sc, "input_ids"]), g.const([-1])])
+    if exact16:
+        s_ = g.op("Cast", [s_], to=f32)
+    zp = np.unique(ew.zero_points)
+    if ew.mins is None and len(zp) == 1:  # w = scale * (q - zp)
+        w_rows = g.op("Mul", [g.op("Sub", [rows, g.const([float(zp[0])], np.float32)]), s_])
+        tables = [qb, row_sc]
+    else:  # w = scale*q + offset  with offset = mins - scale*zp
+        off = (ew.mins if ew.mins is not None else 0) - ew.scales * ew.zero_points.astype(np.float32)
+        off = g.init("embed_tokens.offset", off.astype(np.float32))
+        o_ = g.op("Unsqueeze", [g.op("Gather", [off, "input_ids"]), g.const([-1])])
+        w_rows = g.op("Add", [g.op("Mul", [rows, s_]), o_])
+        tables = [qb, row_sc, off]
+    h = g.op("Reshape", [w_rows, g.const([0, 0, hidden])])
+    return h, qb, sc, [g.ranges[n] for n in tables]
+
+
 def _rope_cache(cfg, max_seq_len):
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
     ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv[None, :]
@@ -113,7 +142,7 @@ class _Builder:
             self.acc = {r: int(accuracy_level.get(r, 4)) for r in roles}
         else:
             self.acc = {r: int(accuracy_level) for r in roles}
-        self.block_sums = {}  # input name -> its per-block sums (shared by fused projections)
+        self.block_sums = {}  # (input name, digits) -> [input, its block sums..] (shared by fused projections)
         self.mapped = {}  # "bits-bit origin" -> number of projections (reported in graph_info)
 
     def _with_block_sums(self, x, k, block, digits):
@@ -199,29 +228,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         h = g.op("Gather", [emb_name, "input_ids"])
     else:
         ew = embedding_q8(emb_src)
-        qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8, also the head's B
-        sc = g.init("embed_tokens.scales", ew.scales)  # float32: the head's MatMulNBits needs them so
-        # Rows are gathered from the mapped file, a few per token, so every gathered table costs resident pages:
-        # GGUF block scales are float16 (a float16 copy is exact), and Q8_0 needs no offset table (zp is 128).
-        exact16 = ew.origin in ("q8_0", "q4_1") and np.array_equal(ew.scales.astype(np.float16), ew.scales)
-        row_sc = g.init("embed_tokens.row_scales", ew.scales.astype(np.float16)) if exact16 else sc
-        rows = g.op("Cast", [g.op("Gather", [qb, "input_ids"])], to=f32)
-        s_ = g.op("Unsqueeze", [g.op("Gather", [row_sc, "input_ids"]), g.const([-1])])
-        if exact16:
-            s_ = g.op("Cast", [s_], to=f32)
-        zp = np.unique(ew.zero_points)
-        if ew.mins is None and len(zp) == 1:  # w = scale * (q - zp)
-            w_rows = g.op("Mul", [g.op("Sub", [rows, g.const([float(zp[0])], np.float32)]), s_])
-            tables = [qb, row_sc]
-        else:  # w = scale*q + offset  with offset = mins - scale*zp
-            off = (ew.mins if ew.mins is not None else 0) - ew.scales * ew.zero_points.astype(np.float32)
-            off = g.init("embed_tokens.offset", off.astype(np.float32))
-            o_ = g.op("Unsqueeze", [g.op("Gather", [off, "input_ids"]), g.const([-1])])
-            w_rows = g.op("Add", [g.op("Mul", [rows, s_]), o_])
-            tables = [qb, row_sc, off]
-        h = g.op("Reshape", [w_rows, g.const([0, 0, E])])
-        # Decoding reads a few rows of these tables per token, straight from the mapped file (see ort_forward)
-        gathered = [g.ranges[n] for n in tables]
+        h, qb, sc, gathered = _quantized_embedding(g, ew, E)
         head_info["embedding"] = f"8-bit rows gathered and dequantized in-graph ({ew.origin})"
 
     cos, sin = _rope_cache(cfg, max_seq_len)
