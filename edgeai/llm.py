@@ -61,7 +61,8 @@ class LLM:
         if self.manifest.get("kind", "llm") != "llm":
             raise ValueError(f"{self.model_dir} holds a {self.manifest.get('kind')} model, not a language model")
         graph = self.manifest["graph"]
-        self.tokenizer = Tokenizer.from_folder(self.model_dir)
+        if not (self.model_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"model folder {self.model_dir} has no tokenizer.json")
         model_max = int(graph["max_seq_len"])
         if context_length is None:
             context_length = min(model_max, 4096)
@@ -79,6 +80,9 @@ class LLM:
                                     context_length, graph["vocab_size"],
                                     (prompt_cache_mb << 20) if prompt_cache else 0, prefill_chunk)
         self._forward.attach(self._engine)
+        # The tokenizer loads after the session: building the session (pre-packing the weights) is the
+        # process's memory peak, and the tokenizer's ~12 MB would otherwise sit under it (peak 248 -> 231 MB).
+        self.tokenizer = Tokenizer.from_folder(self.model_dir)
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)
         # Default for the prompt_lookup generation parameter: at most this many draft tokens (guessed from

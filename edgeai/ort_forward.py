@@ -19,7 +19,24 @@ import numpy as np
 import onnxruntime as ort
 
 
-def release_mapped_weights(data_path: str, gathered_ranges=()) -> int:
+_MADV_RANDOM, _MADV_DONTNEED = 1, 4
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+def drop_pages(spans, libc=None) -> None:
+    """MADV_DONTNEED on clean file mappings [(address, length)]: their pages leave our resident set (they stay
+    in the page cache, and the next touch maps them back with a minor fault)."""
+    libc = libc or _libc()
+    for start, length in spans:
+        libc.madvise(start, length, _MADV_DONTNEED)
+
+
+def release_mapped_weights(data_path: str, gathered_ranges=(), row_spans=None) -> int:
     """Give back the resident pages of the weight file that ONNX Runtime keeps mapped (Linux; returns bytes).
 
     ORT memory-maps page-aligned external data. MatMulNBits copies its weights into pre-packed buffers, but
@@ -34,6 +51,7 @@ def release_mapped_weights(data_path: str, gathered_ranges=()) -> int:
     (`_recache_in_pages`) and marked random access: a 512-token prompt then maps ~8.5 MB (SmolLM2 q4; peak
     RSS 276 -> 252 MB, load time unchanged). Leaving them evicted instead would map only the rows' own pages
     (-5 MB) but cost the first prompt of every process a disk read per row (measured +60-100 ms TTFT).
+    row_spans: if a list, receives (address, length) of those tables' mappings (for `drop_pages`).
     """
     if not sys.platform.startswith("linux"):
         return 0
@@ -47,8 +65,7 @@ def release_mapped_weights(data_path: str, gathered_ranges=()) -> int:
                     current = (parts[0], int(parts[2], 16)) if len(parts) >= 6 and parts[5] == target else None
                 elif current and line.startswith("Private_Dirty:") and int(line.split()[1]) == 0:
                     regions.append(current)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc = _libc()
         released = 0
         fd = os.open(target, os.O_RDONLY) if gathered_ranges else None
         try:
@@ -56,11 +73,13 @@ def release_mapped_weights(data_path: str, gathered_ranges=()) -> int:
                 start, end = (int(x, 16) for x in span.split("-"))
                 row_by_row = any(offset < o + n and o < offset + end - start for o, n in gathered_ranges)
                 if row_by_row:
-                    libc.madvise(start, end - start, 1)  # 1 = MADV_RANDOM: no read-ahead on faults
-                if libc.madvise(start, end - start, 4) == 0:  # 4 = MADV_DONTNEED
+                    libc.madvise(start, end - start, _MADV_RANDOM)  # no read-ahead on faults
+                if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
                     released += end - start
                     if row_by_row:
                         _recache_in_pages(fd, offset, end - start)
+                        if row_spans is not None:
+                            row_spans.append((start, end - start))
         finally:
             if fd is not None:
                 os.close(fd)
@@ -109,6 +128,8 @@ class OrtForward:
     """Callable the engine invokes as
     forward(batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version, n_logits)."""
 
+    DROP_EVERY = 64  # tokens fed between drops of the embedding table's pages (see __init__)
+
     def __init__(self, model_path: str, graph: dict, threads: int | None = None):
         try:
             self.session = ort.InferenceSession(model_path, session_options(threads),
@@ -116,7 +137,12 @@ class OrtForward:
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause
             raise ValueError(f"cannot load the model graph {model_path} (corrupt or incomplete model folder? "
                              f"re-run `edgeai convert` or `edgeai pull --force`): {exc}") from exc
-        release_mapped_weights(model_path + ".data", graph.get("gathered_ranges") or ())
+        # A step reads one embedding row per token. The rows' pages leave our resident set every DROP_EVERY
+        # tokens instead of piling up (8.5 MB after a 512-token prompt, up to the whole 27 MB table over
+        # time). Not after every step: unmapping interrupts the other ORT thread (TLB shootdown), which cost
+        # 7.5% of decode speed when done per step.
+        self._row_spans, self._libc, self._rows_fed = [], _libc(), 0
+        release_mapped_weights(model_path + ".data", graph.get("gathered_ranges") or (), self._row_spans)
         self.binding = self.session.io_binding()
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])
@@ -175,6 +201,10 @@ class OrtForward:
         t0 = time.perf_counter()
         self.session.run_with_iobinding(self.binding)
         self.run_s += time.perf_counter() - t0
+        self._rows_fed += batch * n_tokens
+        if self._row_spans and self._rows_fed >= self.DROP_EVERY:
+            drop_pages(self._row_spans, self._libc)
+            self._rows_fed = 0
         if self.all_logits:
             out = np.ctypeslib.as_array((ctypes.c_float * (batch * self.vocab)).from_address(logits_addr))
             out[:] = self._scratch[:, -1, :].reshape(-1)

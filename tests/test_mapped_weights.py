@@ -40,13 +40,15 @@ def test_fp32_gathers_no_separate_table(tmp_path):
     assert build_onnx(make_tiny_source(), tmp_path, "fp32", max_seq_len=64)["gathered_ranges"] == []
 
 
-def _mapped_rss_kb(data_path):
+def _mapped_rss_kb(data_path, only_at=None):
+    """Resident KB of our mappings of data_path (only those starting at the addresses `only_at`, if given)."""
     rss, current = 0, False
     with open("/proc/self/smaps") as f:
         for line in f:
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                 parts = line.split()
-                current = len(parts) >= 6 and parts[5] == str(data_path)
+                current = len(parts) >= 6 and parts[5] == str(data_path) and (
+                    only_at is None or int(parts[0].split("-")[0], 16) in only_at)
             elif current and line.startswith("Rss:"):
                 rss += int(line.split()[1])
     return rss
@@ -69,3 +71,25 @@ def test_release_leaves_no_resident_weight_pages_and_the_model_still_runs(tmp_pa
         pytest.skip("this ONNX Runtime build does not memory-map external data")
     assert _mapped_rss_kb(data) == 0
     np.testing.assert_array_equal(sess.run(["logits"], feeds)[0], before)  # rows fault back in from the file
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux smaps and madvise")
+def test_llm_drops_embedding_pages_every_64_tokens(tmp_path):
+    """After a forward that brings the tokens fed past OrtForward.DROP_EVERY, none of the embedding table's
+    pages stay in our resident set; the next forward maps back only what it reads, and results are unchanged."""
+    import edgeai
+    from conftest import build_tiny_llm_folder
+
+    _, folder = build_tiny_llm_folder(tmp_path / "m", seed=5, quant="q4")
+    with edgeai.LLM(folder, threads=1, context_length=200, prompt_cache=False) as llm:
+        if not llm._forward._row_spans:
+            pytest.skip("this ONNX Runtime build does not memory-map external data")
+        data = (folder / "model.onnx.data").resolve()
+        ids = list(range(3, 3 + llm._forward.DROP_EVERY + 6))  # one prefill forward past the threshold
+        tables = {start for start, _ in llm._forward._row_spans}
+        first = llm.generate(ids, max_new_tokens=1, prompt_lookup=0).token_ids
+        assert _mapped_rss_kb(data, tables) == 0
+        llm.generate(ids[:8], max_new_tokens=1, prompt_lookup=0, use_prompt_cache=False)
+        assert _mapped_rss_kb(data, tables) > 0  # below the threshold the rows stay mapped
+        again = llm.generate(ids, max_new_tokens=1, prompt_lookup=0, use_prompt_cache=False).token_ids
+        assert again == first
