@@ -2,8 +2,9 @@
 // prompt or in what was generated), guess that what followed them then follows again. A decode step can
 // then check several guesses at once: feeding k draft tokens with the new one costs little more than one
 // token, because a step's time goes into streaming the weights from memory (bench/matmulnbits_scaling.py),
-// and every guess the sampler confirms saves a whole step. The output does not change: each position is
-// still sampled in order from the model's own logits; drafts only decide how many positions a step sees.
+// and every guess the sampler confirms saves a whole step. Each position is still sampled in order from the
+// model's own logits; drafts only decide how many positions a step sees. (With int8-activation graphs a
+// multi-token step rounds activations slightly differently, so a near-tie can fall the other way; fp32 agrees.)
 #pragma once
 
 #include <cstdint>

@@ -30,8 +30,8 @@ struct GenerateParams {
     EarlyStopping early_stopping = EarlyStopping::kHeuristic;
     int num_return_sequences = 1;
     bool use_prompt_cache = true;
-    // Prompt-lookup drafts checked per decode step (0: off). Sampling/greedy with one sequence only; the
-    // tokens produced are the same as without drafts (see draft.h).
+    // Prompt-lookup drafts checked per decode step (0: off). Sampling/greedy with one sequence only; every
+    // token is still sampled from the model's logits (see draft.h for the one numerical caveat).
     int draft_tokens = 0;
 };
 

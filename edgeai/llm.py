@@ -74,14 +74,15 @@ class LLM:
 
         self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
         # prefill_chunk: prompt tokens per forward. ONNX Runtime's arena keeps the largest chunk's activations
-        # for the process's life; SmolLM2 on 2 cores prefills 128 as fast as 256 or 512 per step, for ~3 MB
-        # less peak memory than 256 (~20 MB less than 512).
+        # for the process's life; SmolLM2 on 2 cores prefills 128 tokens per step as fast as 256 or 512, with
+        # ~8 MB less arena than 256 after a 512-token prompt.
         self._engine = _core.Engine(self._forward, graph["num_layers"], graph["num_kv_heads"], graph["head_dim"],
                                     context_length, graph["vocab_size"],
                                     (prompt_cache_mb << 20) if prompt_cache else 0, prefill_chunk)
         self._forward.attach(self._engine)
         # The tokenizer loads after the session: building the session (pre-packing the weights) is the
-        # process's memory peak, and the tokenizer's ~12 MB would otherwise sit under it (peak 248 -> 231 MB).
+        # process's memory peak, and the tokenizer's ~12 MB would otherwise sit under it (SmolLM2 q4: the
+        # load peak, `peak_rss_after_load_mb` in the bench runner, went from 248 to 236 MB).
         self.tokenizer = Tokenizer.from_folder(self.model_dir)
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)

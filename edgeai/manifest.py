@@ -7,8 +7,8 @@ came from, and a sha256 of every file, so a damaged or mismatched folder is caug
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import time
 from pathlib import Path
 

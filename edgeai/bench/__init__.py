@@ -180,7 +180,7 @@ def _common_prefix(a, b) -> int:
 def flatten(run: dict) -> dict:
     """The figures of one run as flat keys: load_s, ttft_ms@L, tps@C, fwd_ms@C, other_ms@C, peak_rss_mb."""
     f = {}
-    for k in ("load_s", "peak_rss_mb", "rss_after_load_mb"):
+    for k in ("load_s", "peak_rss_mb", "rss_after_load_mb", "peak_rss_after_load_mb"):
         if run.get(k) is not None:
             f[k] = run[k]
     for L, v in (run.get("ttft_s") or {}).items():

@@ -67,6 +67,7 @@ def measure(kind, model, prompts, new=128, threads=2, warm_tokens=8, options=Non
         r["engine_load_s"] = eng.load_s
     r["version"] = getattr(eng, "version", None)
     r["rss_after_load_mb"] = _rss_mb()
+    r["peak_rss_after_load_mb"] = peak_rss_mb()  # building the engine (weight pre-packing) can be the peak
     t = time.perf_counter()
     _, times, _ = eng.generate(prompts["warm"], warm_tokens)
     r["warmup_s"] = time.perf_counter() - t

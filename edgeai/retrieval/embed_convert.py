@@ -62,7 +62,6 @@ def _find_model_dir(src: Path) -> Path:
     return found[0]
 
 
-
 def _st_settings(model_dir: Path) -> dict:
     """Pooling/normalisation/max length as sentence-transformers would use them."""
     out = {"max_length": 256, "pooling": "mean", "normalize": True}
