@@ -31,6 +31,7 @@ void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r, i
     auto t0 = Clock::now();
     const size_t need = static_cast<size_t>(batch) * n_logits * n_vocab_;
     if (logits_.size() < need) logits_.resize(need);
+    kv_.note_written(past_len + n_tokens);
     forward_->run(kv_, batch, n_tokens, past_len, tokens_.data(), logits_.data(), n_logits);
     r.forward_s += seconds_since(t0);
 }
@@ -95,6 +96,10 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
         live_.clear();
     }
     int from = reuse_prefix(prompt, p.use_prompt_cache);
+    // Positions this request cannot reach hold stale keys/values of an earlier, longer one: give their
+    // memory back, so resident KV follows the current context rather than the longest ever seen.
+    const long reach = static_cast<long>(prompt.size()) + p.max_new_tokens + p.draft_tokens + 1;
+    kv_.release_from(static_cast<int>(std::min<long>(reach, kv_.max_seq())));
     r.reused_tokens = from;
     prefill(prompt, from, r);
     if (p.use_prompt_cache && prompt.size() >= 8) last_prompt_ = prompt;

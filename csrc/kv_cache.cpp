@@ -1,5 +1,12 @@
 #include "kv_cache.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define EDGEAI_HAVE_MADVISE 1
+#endif
+
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
@@ -15,6 +22,7 @@ KVCache::KVCache(int layers, int kv_heads, int head_dim, int max_seq)
 void KVCache::ensure_batch(int batch) {
     if (batch <= batch_) return;
     buffers_.clear();
+    written_end_ = 0;
     for (int i = 0; i < 2 * layers_; ++i)
         // new float[] without value-initialisation: pages stay untouched (not resident) until written.
         buffers_.emplace_back(new float[row_floats() * batch]);
@@ -59,10 +67,31 @@ std::vector<float> KVCache::snapshot(int n) const {
     return out;
 }
 
+void KVCache::release_from(int pos) {
+    pos = std::max(pos, 0);
+    if (pos >= written_end_) return;
+#ifdef EDGEAI_HAVE_MADVISE
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    for (auto& buf : buffers_)
+        for (int span = 0; span < batch_ * kv_heads_; ++span) {  // one [max_seq, head_dim] run per row and head
+            const float* run = buf.get() + static_cast<size_t>(span) * max_seq_ * head_dim_;
+            // Whole pages strictly inside the run only: the edges may hold live positions or, at the end of
+            // the buffer, the allocator's bookkeeping.
+            uintptr_t from = reinterpret_cast<uintptr_t>(run + static_cast<size_t>(pos) * head_dim_);
+            uintptr_t to = reinterpret_cast<uintptr_t>(run + static_cast<size_t>(max_seq_) * head_dim_);
+            from = (from + page - 1) / page * page;
+            to = to / page * page;
+            if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+        }
+#endif
+    written_end_ = pos;
+}
+
 void KVCache::restore(const std::vector<float>& snap, int snap_len, int n) {
     const size_t stride = static_cast<size_t>(snap_len) * head_dim_;
     if (n > snap_len || snap.size() < buffers_.size() * kv_heads_ * stride) throw std::logic_error("KV snapshot too short");
     const float* s = snap.data();
+    note_written(n);
     for (auto& buf : buffers_)
         for (int h = 0; h < kv_heads_; ++h, s += stride)
             std::memcpy(buf.get() + static_cast<size_t>(h) * max_seq_ * head_dim_, s,

@@ -2,10 +2,13 @@
 //
 // Layout per layer, for keys and for values: [batch, kv_heads, max_seq, head_dim] float32, the layout
 // GroupQueryAttention reads and writes in place. Memory comes from the OS untouched, so only the
-// positions actually written become resident: a 8k-token context costs nothing until it is used.
+// positions actually written become resident: a 8k-token context costs nothing until it is used. Each
+// request gives back the pages of positions it cannot reach (release_from), so resident KV follows the
+// current context, not the longest one seen (SmolLM2: 46 KB per position).
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -38,10 +41,18 @@ public:
     std::vector<float> snapshot(int n) const;
     void restore(const std::vector<float>& snap, int snap_len, int n);
 
+    // The forward pass wrote positions [0, end) of some rows: remembered so release_from knows what is resident.
+    void note_written(int end) { written_end_ = std::max(written_end_, end); }
+    // Returns the memory of positions [pos, max_seq) of every row to the OS (their contents are lost; a later
+    // write faults in zeroed pages). After a long prompt, a shorter request then keeps only what it uses
+    // resident instead of the longest context ever seen (Linux/macOS; a no-op elsewhere).
+    void release_from(int pos);
+
 private:
     size_t row_floats() const { return static_cast<size_t>(kv_heads_) * max_seq_ * head_dim_; }
     int layers_, kv_heads_, head_dim_, max_seq_;
     int batch_ = 0;
+    int written_end_ = 0;  // no position at or past this was written since the last release
     uint64_t version_ = 0;
     std::vector<std::unique_ptr<float[]>> buffers_;
 };

@@ -6,7 +6,6 @@ came from, and a sha256 of every file, so a damaged or mismatched folder is caug
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,8 @@ class ManifestError(ValueError):
 
 def sha256_file(path, chunk: int = 1 << 20, progress: str | None = None) -> str:
     """sha256 of a file, read in chunks; `progress` names a tqdm bar (shown only on a terminal)."""
+    import hashlib  # here, not at import: hashlib loads OpenSSL (3.5 MB resident) and loading a model never hashes
+
     h = hashlib.sha256()
     bar = None
     if progress:

@@ -1,4 +1,6 @@
 """The C++ decode engine driven by a fake forward pass (no model): KV reuse, beams, stops, cancellation."""
+import ctypes
+import sys
 import threading
 import time
 
@@ -74,6 +76,26 @@ def test_snapshot_cache_serves_an_older_prefix():
     r = greedy(e, p1[:30] + [3, 3])
     assert r["reused_tokens"] == 30
     assert r["sequences"] == greedy(plain, p1[:30] + [3, 3], use_prompt_cache=False)["sequences"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="KV pages are given back with madvise (Linux)")
+def test_stale_kv_pages_go_back_to_the_os_and_nothing_live_is_lost():
+    """After a long prompt, a short request releases the cache positions it cannot reach (they read back as
+    zero: fresh pages), keeps what it uses, and the long prompt still comes back right (from the snapshot)."""
+    fake, e = make_engine(max_seq=4096)
+    _, plain = make_engine(max_seq=4096, cache_mb=0)
+    keys = np.ctypeslib.as_array((ctypes.c_float * (4096 * 4)).from_address(e.kv_address(0, False)))
+    long_prompt = [int(t) for t in np.random.default_rng(0).integers(1, V, 3000)]
+    greedy(e, long_prompt, n=1)
+    assert keys[2990 * 4] == long_prompt[2990]  # head 0, element 0 of a position: the token the fake saw
+    short = [5, 6, 7, 8]
+    r = greedy(e, short, n=5)
+    assert r["sequences"] == greedy(plain, short, n=5)["sequences"]
+    assert keys[2990 * 4] == 0.0 and keys[1024 * 4] == 0.0  # released: beyond 4 + 5 new tokens + 1
+    assert list(keys[:4 * 4:4]) == short  # written by this request, kept
+    again = greedy(e, long_prompt, n=3)
+    assert again["reused_tokens"] == len(long_prompt) - 1
+    assert again["sequences"] == greedy(plain, long_prompt, n=3, use_prompt_cache=False)["sequences"]
 
 
 def test_cache_is_bounded():

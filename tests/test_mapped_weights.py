@@ -93,3 +93,19 @@ def test_llm_drops_embedding_pages_every_64_tokens(tmp_path):
         assert _mapped_rss_kb(data, tables) > 0  # below the threshold the rows stay mapped
         again = llm.generate(ids, max_new_tokens=1, prompt_lookup=0, use_prompt_cache=False).token_ids
         assert again == first
+
+
+def test_loading_and_running_a_model_does_not_load_openssl(tmp_path):
+    """hashlib initialises OpenSSL (3.5 MB resident) and only hashing needs it: loading a model must not."""
+    import subprocess
+
+    from conftest import build_tiny_llm_folder
+
+    _, folder = build_tiny_llm_folder(tmp_path / "m", seed=5, quant="q4")
+    code = ("import sys, edgeai\n"
+            f"with edgeai.LLM({str(folder)!r}, threads=1, context_length=64) as llm:\n"
+            "    llm.generate([3, 4, 5], max_new_tokens=2)\n"
+            "print('hashlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
