@@ -11,7 +11,12 @@ Read it as: per-node time with weights from memory divided by bytes = the bandwi
 cost of 2, 4 or 8 rows against 1 = what verifying several draft tokens in one step (speculative decoding)
 would cost. Prints a table and the ratios.
 
-    python bench/matmulnbits_scaling.py [--threads 2] [--big-mb 110]
+--prefill adds what bounds a prompt's prefill: the compute speed of one 128-row product (weights in cache)
+for the kernels ONNX Runtime offers on CPU: MatMulNBits with block 32 (the layout of GGUF's Q4_1/Q8_0, which
+keeps the source exact), int8 weights with one scale per column (DynamicQuantizeMatMul: a faster kernel, but
+not an exact form of block-scaled weights, and a second copy of them) and float32.
+
+    python bench/matmulnbits_scaling.py [--threads 2] [--big-mb 110] [--prefill]
 """
 import argparse
 import time
@@ -40,6 +45,40 @@ def session(bits: int, nodes: int, threads: int, rng) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def prefill_session(kind: str, threads: int, rng) -> ort.InferenceSession:
+    """One K x N product of the given kind on a [M, K] input."""
+    if kind.startswith("MatMulNBits"):
+        bits = int(kind.split()[1][0])
+        b = rng.integers(0, 256, (N, K // BLOCK, BLOCK * bits // 8), dtype=np.uint8)
+        s = (rng.random((N, K // BLOCK), dtype=np.float32) * 0.01).astype(np.float32)
+        inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")]
+        node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=K, N=N, bits=bits,
+                                block_size=BLOCK, accuracy_level=4)
+    elif kind.startswith("DynamicQuantizeMatMul"):
+        inits = [numpy_helper.from_array(rng.integers(-127, 128, (K, N), dtype=np.int8), "W"),
+                 numpy_helper.from_array(np.full((N,), 0.01, np.float32), "S")]
+        node = helper.make_node("DynamicQuantizeMatMul", ["x", "W", "S"], ["y"], domain="com.microsoft")
+    else:
+        inits = [numpy_helper.from_array(rng.standard_normal((K, N), dtype=np.float32), "W")]
+        node = helper.make_node("MatMul", ["x", "W"], ["y"])
+    graph = helper.make_graph([node], "prefill", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def prefill_table(threads: int, rng, rows: int = 128) -> None:
+    print(f"\nprefill: one {rows} x {K} x {N} product, weights in cache, {threads} threads (best run)")
+    for kind in ("MatMulNBits 4-bit block 32", "MatMulNBits 8-bit block 32", "DynamicQuantizeMatMul int8 per column",
+                 "MatMul float32"):
+        sess = prefill_session(kind, threads, rng)
+        us = per_node_us(sess, rows, 1, rng)
+        print(f"  {kind:40s} {us:8.0f} us  {2 * rows * K * N / (us * 1e-6) / 1e9:6.0f} GOPS")
+        del sess  # one session at a time: an idle session's spinning threads would slow the next one
+
+
 def per_node_us(sess, rows: int, nodes: int, rng, budget_s=1.5) -> float:
     x = rng.standard_normal((rows, K)).astype(np.float32)
     for _ in range(3):
@@ -57,6 +96,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--big-mb", type=float, default=110, help="weights of the 'from memory' graph")
+    ap.add_argument("--prefill", action="store_true", help="also time 128-row products (see above)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"MatMulNBits K={K} N={N} block {BLOCK}, accuracy_level 4, {args.threads} threads; us per node (best run)")
@@ -70,6 +110,8 @@ def main():
                   + f"  {node_mb * 2**20 / (t[1] * 1e-6) / 1e9:6.1f}   (M=2/M=1 x{t[2] / t[1]:.2f}, "
                   f"M=4/M=1 x{t[4] / t[1]:.2f})")
             del sess
+    if args.prefill:
+        prefill_table(args.threads, rng)
 
 
 if __name__ == "__main__":
