@@ -98,8 +98,8 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     int from = reuse_prefix(prompt, p.use_prompt_cache);
     // Positions this request cannot reach hold stale keys/values of an earlier, longer one: give their
     // memory back, so resident KV follows the current context rather than the longest ever seen.
-    const long reach = static_cast<long>(prompt.size()) + p.max_new_tokens + p.draft_tokens + 1;
-    kv_.release_from(static_cast<int>(std::min<long>(reach, kv_.max_seq())));
+    const int64_t reach = static_cast<int64_t>(prompt.size()) + p.max_new_tokens + p.draft_tokens + 1;
+    kv_.release_from(static_cast<int>(std::min<int64_t>(reach, kv_.max_seq())));
     r.reused_tokens = from;
     prefill(prompt, from, r);
     if (p.use_prompt_cache && prompt.size() >= 8) last_prompt_ = prompt;
