@@ -7,8 +7,8 @@
 // current context, not the longest one seen (SmolLM2: 46 KB per position).
 #pragma once
 
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
