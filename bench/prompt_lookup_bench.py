@@ -54,6 +54,26 @@ def rag_prompts(llm) -> list:
     return out
 
 
+def build_prompts(llm, text, windows=6, questions=QUESTIONS) -> list:
+    """(kind, name, token ids): `windows` 86-token windows of `text`, chat questions, and `edgeai ask` prompts."""
+    tok = llm.tokenizer
+    ids = tok.encode(Path(text).read_text(encoding="utf-8", errors="replace"))
+    prompts = [("continuation", f"text@{o}", ids[o:o + 86]) for o in np.linspace(0, len(ids) - 200, windows).astype(int)]
+    prompts += [("chat", q, tok.encode(tok.apply_chat_template([{"role": "user", "content": q}],
+                                                             add_generation_prompt=True))) for q in questions]
+    return prompts + rag_prompts(llm)
+
+
+def generation_options(llm, kind) -> dict:
+    """Continuations run 128 tokens with EOS suppressed; questions end where the model ends its answer (at most
+    256 tokens): a suppressed EOS would push them into the repetitive text drafts predict best. `rag` prompts
+    decode the way `edgeai ask` does."""
+    if kind == "continuation":
+        return dict(max_new_tokens=128, logit_bias={int(t): -1e4 for t in llm.eos_token_ids})
+    answer = dict(max_new_tokens=256)
+    return dict(answer, repetition_penalty=1.1, penalty_last_n=64) if kind == "rag" else answer
+
+
 def first_difference(a, b) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -69,17 +89,7 @@ def main():
     import edgeai
 
     llm = edgeai.LLM(args.model, threads=args.threads, prompt_cache=False)
-    tok = llm.tokenizer
-    ids = tok.encode(Path(args.text).read_text(encoding="utf-8", errors="replace"))
-    prompts = [("continuation", f"text@{o}", ids[o:o + 86]) for o in np.linspace(0, len(ids) - 200, 6).astype(int)]
-    prompts += [("chat", q, tok.encode(tok.apply_chat_template([{"role": "user", "content": q}],
-                                                             add_generation_prompt=True))) for q in QUESTIONS]
-    prompts += rag_prompts(llm)
-    # Continuations run 128 tokens with EOS suppressed; questions end where the model ends its answer (at
-    # most 256 tokens): a suppressed EOS would push them into the repetitive text drafts predict best.
-    no_eos = dict(max_new_tokens=128, logit_bias={int(t): -1e4 for t in llm.eos_token_ids})
-    answer = dict(max_new_tokens=256)
-    ask = dict(answer, repetition_penalty=1.1, penalty_last_n=64)  # what `edgeai ask` uses
+    prompts = build_prompts(llm, args.text)
     llm.generate(prompts[0][2], max_new_tokens=8)  # warm-up
     ks = [0] + list(args.k)
     rows = []
@@ -87,7 +97,7 @@ def main():
         speed, gens = {k: [] for k in ks}, {}
         for rnd in range(2):
             for k in (ks if rnd == 0 else ks[::-1]):
-                g = llm.generate(list(p), prompt_lookup=k, **{"continuation": no_eos, "chat": answer, "rag": ask}[kind])
+                g = llm.generate(list(p), prompt_lookup=k, **generation_options(llm, kind))
                 speed[k].append(g.timings["decode_tokens_per_s"])
                 gens[k] = g
         row = {"kind": kind, "prompt": name, "plain_tok_s": float(np.median(speed[0])),

@@ -1,11 +1,11 @@
 // Draft tokens by prompt lookup: when the last few tokens of the text so far occurred earlier (in the prompt
 // or in what was generated), guess that what followed them then follows again. A decode step can then check
-// several guesses at once: each draft token fed with the new one adds only a fraction of a step (one-off,
-// SmolLM2 q4: a 9-token step took 2.3x a one-token step), because much of a step's time goes into streaming
-// the weights from memory (bench/matmulnbits_scaling.py), and every guess the sampler confirms saves a whole
-// step. Each position is still sampled in order from the model's own logits; drafts only decide how many
-// positions a step sees. (With int8-activation graphs a multi-token step rounds activations slightly
-// differently, so a near-tie can fall the other way; fp32 agrees.)
+// several guesses at once: each draft token fed with the new one adds only part of a step (about 0.3 of one
+// for SmolLM2 q4, bench/draft_policy_sim.py), because much of a step's time goes into streaming the weights
+// from memory (bench/matmulnbits_scaling.py), and every guess the sampler confirms saves a whole step. Each
+// position is still sampled in order from the model's own logits; drafts only decide how many positions a step
+// sees. (With int8-activation graphs a multi-token step rounds activations slightly differently, so a near-tie
+// can fall the other way; fp32 agrees.)
 #pragma once
 
 #include <cstdint>

@@ -3,6 +3,7 @@ import ctypes
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,16 @@ def test_drafts_keep_the_prefix_cache_and_context_end_correct():
     assert r["sequences"] == drafted(plain, follow, 0, n=20, use_prompt_cache=False)["sequences"]
     with pytest.raises(ValueError, match="draft_tokens"):
         drafted(e, PROMPT, -1)
+
+
+@pytest.mark.parametrize("prompt,n", [(PROMPT, 60), (list(range(1, 30)) * 2, 40), ([3, 1, 4, 1, 5, 9, 2, 6], 90)])
+def test_draft_policy_replay_counts_what_the_engine_does(prompt, n):
+    """bench/draft_policy_sim.py prices draft policies by replaying the engine's on a reference text: its
+    replay must count the same steps and draft tokens fed as the engine (greedy on the fake: same text)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from draft_policy_sim import replay
+
+    _, e = make_engine(**LOOP)
+    r = drafted(e, prompt, 8, n=n)
+    assert r["draft_proposed"] > 0
+    assert replay(prompt, r["sequences"][0]) == (r["decode_steps"], r["draft_proposed"])
