@@ -61,8 +61,6 @@ class LLM:
         if self.manifest.get("kind", "llm") != "llm":
             raise ValueError(f"{self.model_dir} holds a {self.manifest.get('kind')} model, not a language model")
         graph = self.manifest["graph"]
-        if not (self.model_dir / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"model folder {self.model_dir} has no tokenizer.json")
         model_max = int(graph["max_seq_len"])
         if context_length is None:
             context_length = min(model_max, 4096)
