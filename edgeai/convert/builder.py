@@ -44,7 +44,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .quantize import NBitsWeight, embedding_q8, fold_mins, from_block_quantized, map_group, map_linear, mins_digits
+from .quantize import (NBitsWeight, default_zero_point, embedding_q8, fold_mins, from_block_quantized, map_group,
+                       map_linear, mins_digits)
 from .weights import BlockQuantized, SourceModel, as_float
 
 OPSET = 17
@@ -168,7 +169,9 @@ class _Builder:
             w, shared = fold_mins(w)[0], None
         n, k = w.shape
         codes, scales = shared or (self.g.init(name + ".qweight", w.packed_b()), self.g.init(name + ".scales", w.scales))
-        ins = [x, codes, scales, self.g.init(name + ".zero_points", w.packed_zero_points())]
+        ins = [x, codes, scales]
+        if (w.zero_points != default_zero_point(w.bits)).any():  # else the kernel's default: its faster path
+            ins.append(self.g.init(name + ".zero_points", w.packed_zero_points()))
         return self.g.op("MatMulNBits", ins, domain=MS, K=k, N=n, bits=w.bits, block_size=w.block_size,
                          accuracy_level=accuracy_level)
 
@@ -331,9 +334,9 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         **({} if all_logits else {"logits_rows_input": "num_logits"}),
         "gathered_ranges": gathered,  # [offset, length] in model.onnx.data of tables read row by row
         "quant": {"mode": quant, **({"weights": "float32 MatMul"} if quant == "fp32" else {
-            "weights": "MatMulNBits block 32, integer zero points", **head_info,
+            "weights": "MatMulNBits block 32, integer zero points (the default where left out)", **head_info,
             "projections": b.mapped, "exact": "q4_1 / q8_0 origins map GGUF blocks without re-quantization",
-            "q4_1_mins": "extra MatMulNBits columns over the input's block sums (4-bit: two digits per min)"})},
+            "q4_1_mins": "m + 8d as extra MatMulNBits columns over the input's block sums (4-bit: two digits)"})},
         "accuracy_level": b.acc if len(set(b.acc.values())) > 1 else b.acc["qkv"],
         "precise_mlp_layers": sorted(int(i) for i in precise_mlp_layers) if quant != "fp32" else [],
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,

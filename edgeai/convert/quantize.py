@@ -7,13 +7,15 @@ Layout (ORT contrib op spec):
     scales      float [N, K/block]
     zero_points uint8 [N, ceil(K/block * bits / 8)]; 4-bit packed like B (low nibble first)
 Integer zero points keep MatMulNBits on its fast integer path (float zero points, which could express Q4_1
-exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU).
+exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU). Zero points equal to the kernel's default
+(2^(bits-1)) are left out of the graph: without a zero_points input a SmolLM2 q4 decode step took 15% less time
+on an AVX2 CPU (interleaved A/B, 8.4 vs 9.9 ms), so exact GGUF mappings use the default zero point.
 
 Mappings (`map_linear`):
-    GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp = round(-m/d), plus residual mins m' = m + d*zp: the
-                              builder adds sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
-    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128: exact (for q4 and q8 alike).
-    under q8 a Q4_1 source keeps its codes in 8-bit storage (same values, same mins term): still exact.
+    GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp 8 (the default), plus mins m' = m + 8d: the builder adds
+                              sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
+    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128 (the default): exact (for q4 and q8 alike).
+    under q8 a Q4_1 source keeps its codes in 8-bit storage (B = q + 120, zp 128: same values, same mins term).
     float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
                               small per-block range-shrink search that minimises squared error (4-bit).
 """
@@ -156,6 +158,11 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | No
                        zp.astype(np.uint8), None, block, "rtn")
 
 
+def default_zero_point(bits: int) -> int:
+    """The zero point MatMulNBits assumes when the graph gives none."""
+    return 1 << (bits - 1)
+
+
 def fold_mins(w: NBitsWeight):
     """Move the Q4_1 mins term inside MatMulNBits: returns (weight over [x, block sums], the mins it encodes).
 
@@ -163,35 +170,35 @@ def fold_mins(w: NBitsWeight):
     (padded to whole blocks) lets the same MatMulNBits compute it, with the mins as extra weight columns. A
     separate float MatMul + Add per projection was 240 more nodes per SmolLM2 decode step (a one-off A/B in one
     process: 139 tok/s with them, 190 without the term at all; node dispatch, not bytes).
-    The mins must be stored as codes: 4-bit weights use two 4-bit digits per min (a coarse one and one for
-    its rounding residual, 1/14 of the coarse step), so each min is kept to within 1/420 of its row block's
-    range; 8-bit weights use one digit (1/510). The input side must repeat the block sums once per digit.
-    SmolLM2-135M q4 against its fp32 source (`edgeai eval fidelity`, GPL-3, 2048 tokens): mean KL 0.0031 and
-    top-1 agreement 96.2% with two digits; 0.0041 and 95.9% with one (4% fewer bytes); 0.0033 and 96.5% with
-    the float mins.
+    The mins are stored as codes around the default zero point (so the graph needs no zero_points input):
+    4-bit weights use two digits per min (a coarse one and one for its rounding residual, 1/14 of the coarse
+    step), keeping each min within 1/196 of the largest |min| in its row block; 8-bit weights use one digit
+    (1/254). The input side must repeat the block sums once per digit.
+    SmolLM2-135M q4 against its fp32 source (`edgeai eval fidelity`, GPL-3, 2048 tokens, accuracy_level 4):
+    mean KL 0.0040, top-1 agreement 96.2%, perplexity ratio 1.006 (with per-block zero points nearest -m/d,
+    which leave smaller mins: 0.0031, 96.3%, 1.0004, but a 15% slower decode step on AVX2; a third digit does
+    not help: the remaining error is the int8 rounding of the block sums, and one digit loses: KL 0.085).
     """
     n, k = w.shape
-    blk, qmax = w.block_size, (1 << w.bits) - 1
+    blk, z = w.block_size, default_zero_point(w.bits)
     nb = k // blk
     nbp = -(-nb // blk) * blk  # block sums, padded to whole blocks
     v = np.zeros((n, nbp), np.float32)
     v[:, :nb] = w.mins
     v = v.reshape(n, nbp // blk, blk)
-    lo, hi = np.minimum(v.min(-1), 0.0), np.maximum(v.max(-1), 0.0)
-    s1 = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
-    z1 = np.clip(np.round(-lo / s1), 0, qmax)
-    c1 = np.clip(np.round(v / s1[..., None]) + z1[..., None], 0, qmax)
-    approx = (c1 - z1[..., None]) * s1[..., None]
-    codes, scales, zps = [c1], [s1], [z1]
-    if w.bits == 4:  # levels (c - 7) * s1/14, c = 0..15, span the first digit's rounding error [-s1/2, s1/2]
-        s2 = (s1 / (qmax - 1)).astype(np.float32)
-        z2 = np.full_like(z1, qmax // 2)
-        c2 = np.clip(np.round((v - approx) / s2[..., None]) + z2[..., None], 0, qmax)
-        approx = approx + (c2 - z2[..., None]) * s2[..., None]
-        codes, scales, zps = codes + [c2], scales + [s2], zps + [z2]
-    folded = NBitsWeight(w.bits, np.concatenate([w.q] + [c.reshape(n, nbp).astype(np.uint8) for c in codes], axis=1),
+    step = np.maximum(-v.min(-1) / z, v.max(-1) / (z - 1))  # codes - z span [-z, z-1] steps
+    step = np.where(step > 0, step, 1.0).astype(np.float32)
+    codes, scales, approx = [], [], np.zeros_like(v)
+    for _ in range(mins_digits(w)):  # each digit encodes what the ones before it left over
+        c = np.clip(np.round((v - approx) / step[..., None]) + z, 0, 2 * z - 1)
+        approx = approx + (c - z) * step[..., None]
+        codes.append(c.reshape(n, nbp).astype(np.uint8))
+        scales.append(step)
+        step = (step / 14).astype(np.float32)  # levels -8..7 of step/14 cover the residual [-step/2, step/2]
+    extra_blocks = len(codes) * nbp // blk
+    folded = NBitsWeight(w.bits, np.concatenate([w.q] + codes, axis=1),
                          np.concatenate([w.scales] + scales, axis=1).astype(np.float32),
-                         np.concatenate([w.zero_points] + [z.astype(np.uint8) for z in zps], axis=1),
+                         np.concatenate([w.zero_points, np.full((n, extra_blocks), z, np.uint8)], axis=1),
                          None, blk, w.origin)
     return folded, approx.reshape(n, nbp)[:, :nb].astype(np.float32)
 
@@ -206,13 +213,14 @@ def from_block_quantized(t: BlockQuantized, bits: int | None = None) -> NBitsWei
     rows, cols = t.q.shape
     nb = cols // t.block_size
     if t.kind == "q4_1":
-        # w = d*q + m = d*(q - zp) + (m + d*zp) with the integer zp nearest -m/d: the 4-bit product is then
-        # centred (accuracy_level 4's int8 activation error is not amplified by all-positive codes) and the
-        # remaining exact "mins" term is small.
+        # w = d*q + m = d*(q - 8) + (m + 8d): codes as they are around the default zero point, so the graph
+        # needs no zero_points input; the mins term m + 8d rides along (fold_mins). 8-bit storage shifts the
+        # codes to sit around its own default, 128.
         d, m = t.scales.astype(np.float32), t.mins.astype(np.float32)
-        zp = np.clip(np.round(-m / np.where(d != 0, d, 1)), 0, 15).astype(np.uint8)
-        mins = m + d * zp.astype(np.float32)
-        return NBitsWeight(bits or 4, t.q.astype(np.uint8), d, zp, mins if mins.any() else None, t.block_size, "q4_1")
+        b = bits or 4
+        z = default_zero_point(b)
+        codes = t.q.astype(np.uint8) + np.uint8(z - 8)
+        return NBitsWeight(b, codes, d, np.full((rows, nb), z, np.uint8), m + 8 * d, t.block_size, "q4_1")
     if t.kind == "q8_0":
         q = (t.q.astype(np.int16) + 128).astype(np.uint8)
         return NBitsWeight(8, q, t.scales.astype(np.float32), np.full((rows, nb), 128, np.uint8), None,
