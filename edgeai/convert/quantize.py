@@ -8,8 +8,9 @@ Layout (ORT contrib op spec):
     zero_points uint8 [N, ceil(K/block * bits / 8)]; 4-bit packed like B (low nibble first)
 Integer zero points keep MatMulNBits on its fast integer path (float zero points, which could express Q4_1
 exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU). Zero points equal to the kernel's default
-(2^(bits-1)) are left out of the graph: without a zero_points input a SmolLM2 q4 decode step took 15% less time
-on an AVX2 CPU (interleaved A/B, 8.4 vs 9.9 ms), so exact GGUF mappings use the default zero point.
+(2^(bits-1)) are left out of the graph: without a zero_points input a SmolLM2 q4 decode step took 8% less time
+on an AVX2 CPU (three interleaved A/Bs, alternating order: x0.89-0.96; prefill unchanged), so exact GGUF
+mappings use the default zero point.
 
 Mappings (`map_linear`):
     GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp 8 (the default), plus mins m' = m + 8d: the builder adds
@@ -176,7 +177,7 @@ def fold_mins(w: NBitsWeight):
     (1/254). The input side must repeat the block sums once per digit.
     SmolLM2-135M q4 against its fp32 source (`edgeai eval fidelity`, GPL-3, 2048 tokens, accuracy_level 4):
     mean KL 0.0040, top-1 agreement 96.2%, perplexity ratio 1.006 (with per-block zero points nearest -m/d,
-    which leave smaller mins: 0.0031, 96.3%, 1.0004, but a 15% slower decode step on AVX2; a third digit does
+    which leave smaller mins: 0.0031, 96.3%, 1.0004, but an 8% slower decode step on AVX2; a third digit does
     not help: the remaining error is the int8 rounding of the block sums, and one digit loses: KL 0.085).
     """
     n, k = w.shape
