@@ -35,6 +35,15 @@ def test_summarize_uses_quiet_runs():
     assert noisy["busy_cores"]["max"] == 1.1
 
 
+def test_run_order_puts_every_config_in_every_slot():
+    configs = ["a", "b", "c"]
+    orders = [bench.run_order(configs, rep) for rep in range(3)]
+    assert orders[0] == configs and all(sorted(o) == configs for o in orders)
+    for slot in range(3):
+        assert sorted(o[slot] for o in orders) == configs
+    assert bench.run_order(configs, 4) == orders[1] and bench.run_order([], 2) == []
+
+
 def test_foreign_cores_math():
     a = {"busy_s": 100.0, "steal_s": 1.0, "t": 10.0}
     b = {"busy_s": 106.0, "steal_s": 1.5, "t": 12.0}  # 6 busy CPU-seconds in 2 s
