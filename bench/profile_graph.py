@@ -20,12 +20,14 @@ from edgeai.ort_forward import session_options
 from edgeai.pull import resolve_model
 
 
-def kv_session(folder, threads, context):
-    """(session, I/O binding, graph info) with every layer's KV buffer bound as both past and present."""
+def kv_session(folder, threads, context, profile=False):
+    """(session, I/O binding, buffers to keep alive) with every layer's KV buffer bound as both past and present,
+    as the engine binds them."""
     graph = json.loads((folder / "edgeai.json").read_text())["graph"]
     so = session_options(threads)
-    so.enable_profiling = True
-    so.profile_file_prefix = os.path.join(os.environ.get("TMPDIR", "/tmp"), "edgeai-profile")
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(os.environ.get("TMPDIR", "/tmp"), "edgeai-profile")
     sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
     shape = [1, graph["num_kv_heads"], context, graph["head_dim"]]
     binding = sess.io_binding()
@@ -85,7 +87,7 @@ def main():
 
     folder = resolve_model(args.model)
     context = args.prompt + args.decode + 1
-    sess, binding, _keep = kv_session(folder, args.threads, max(context, args.kv_length))
+    sess, binding, _keep = kv_session(folder, args.threads, max(context, args.kv_length), profile=True)
     ids = np.random.default_rng(0).integers(100, 1000, (1, context)).astype(np.int64)
 
     def prefill():

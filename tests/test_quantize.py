@@ -101,6 +101,29 @@ def test_q4_from_gguf_blocks_is_near_lossless(tmp_path):
     assert rel(out4, ref) < 0.05 and (out4.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
+def test_per_block_zero_points_option(tmp_path):
+    """zero_points="per-block": the same exact mapping with a zero point per block (smaller offsets, so a closer
+    product at float accuracy), graphs that carry zero_points inputs, and ORT equal to the reference on the
+    weights it encodes."""
+    src = make_tiny_source(quantized_like_gguf=True)
+    q4_1 = next(w for w in src.tensors.values() if getattr(w, "kind", None) == "q4_1")
+    a, b = Q.from_block_quantized(q4_1), Q.from_block_quantized(q4_1, zero_points="per-block")
+    np.testing.assert_allclose(a.dequantize(), b.dequantize(), atol=1e-5)
+    assert (a.zero_points == 8).all() and (b.zero_points != 8).any()
+    assert np.abs(b.mins).max() <= 0.5 * b.scales.max() + 1e-6 < np.abs(a.mins).max()
+    with pytest.raises(ValueError, match="zero_points"):
+        Q.from_block_quantized(q4_1, zero_points="none")
+    ref = ReferenceLlama(src).forward(IDS, 0)
+    info = build_onnx(src, tmp_path, "q4", all_logits=True, max_seq_len=64, accuracy_level=0, zero_points="per-block")
+    assert info["quant"]["zero_points"] == "per-block"
+    m = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    assert any(len(n.input) == 4 for n in m.graph.node if n.op_type == "MatMulNBits")
+    r = OrtLlama(tmp_path / "model.onnx", info)
+    out = np.concatenate([r.step(IDS[:12], 0)[0]] + [r.step(IDS[t:t + 1], t)[0] for t in range(12, len(IDS))])
+    assert np.abs(out - ReferenceLlama(Q.effective_source(src, "q4", "per-block")).forward(IDS, 0)).max() <= 1e-4
+    assert rel(out, ref) < 1e-3
+
+
 def test_q8_close_to_fp32(tmp_path):
     src = make_tiny_source()
     ref = ReferenceLlama(src).forward(IDS, 0)

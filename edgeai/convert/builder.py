@@ -190,11 +190,14 @@ class _Builder:
 
 
 def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logits: bool = False,
-               max_seq_len: int | None = None, accuracy_level=4, precise_mlp_layers=()) -> dict:
+               max_seq_len: int | None = None, accuracy_level=4, precise_mlp_layers=(),
+               zero_points: str = "default") -> dict:
     """Write out_dir/model.onnx (+ model.onnx.data) and return the JSON-serialisable graph_info.
 
     accuracy_level: MatMulNBits compute precision (4: int8 activations, fast; 0: float, exact), an int or a
     dict per projection role {"qkv", "o", "gate_up", "down", "lm_head"}.
+    zero_points: where exact Q4_1 mappings put their zero points ("default" or "per-block", see
+    quantize.from_block_quantized).
     precise_mlp_layers: layers whose gate/up projection must see float activations (massive-activation
     layers, see calibrate.py): 4-bit weights run at accuracy_level 1, 8-bit ones as a float MatMul (ORT's
     8-bit kernel at float accuracy is ~40x slower than a plain MatMul for one row).
@@ -243,7 +246,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
              axis=-1, epsilon=eps, stash_type=1)
     for i in range(L):
         p = f"model.layers.{i}."
-        qkv_w = map_group([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], quant)
+        qkv_w = map_group([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], quant, zero_points)
         bias = None
         if p + "self_attn.q_proj.bias" in t:
             bias = np.concatenate([as_float(t[p + f"self_attn.{n}_proj.bias"]) for n in "qkv"])
@@ -262,20 +265,22 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
             end = g.const([np.iinfo(np.int64).max])
             attn = g.op("Slice", [attn, start, end, g.const([1])])
             h = g.op("Slice", [h, start, end, g.const([1])])
-        o = b.linear(attn, map_linear(t[p + "self_attn.o_proj.weight"], quant), f"layers.{i}.o_proj", role="o")
+        o = b.linear(attn, map_linear(t[p + "self_attn.o_proj.weight"], quant, zero_points), f"layers.{i}.o_proj",
+                     role="o")
         x2, _, _, h = g.op("SkipSimplifiedLayerNormalization",
                            [o, h, g.init(f"layers.{i}.post_attention_layernorm.weight",
                                          as_float(t[p + "post_attention_layernorm.weight"]))],
                            n_out=4, domain=MS, epsilon=eps)
         g.nodes[-1].output[1], g.nodes[-1].output[2] = "", ""
-        gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], quant)
+        gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], quant, zero_points)
         precise = i in precise_mlp_layers and not isinstance(gu_w, np.ndarray)
         if precise and gu_w.bits == 8:
             gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], "fp32")
         gu = b.linear(x2, gu_w, f"layers.{i}.gate_up_proj", role="gate_up", accuracy_level=1 if precise else None)
         gate, up = g.op("Split", [gu, g.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
-        down = b.linear(act, map_linear(t[p + "mlp.down_proj.weight"], quant), f"layers.{i}.down_proj", role="down")
+        down = b.linear(act, map_linear(t[p + "mlp.down_proj.weight"], quant, zero_points), f"layers.{i}.down_proj",
+                        role="down")
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < L else "model.norm.weight"
         x, _, _, h = g.op("SkipSimplifiedLayerNormalization",
                           [down, h, g.init(nxt.replace("model.", ""), as_float(t[nxt]))],
@@ -298,7 +303,8 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
             logits = b.matmul_nbits(x, hw, "lm_head", b.acc["lm_head"], shared=(qb, sc))
         else:  # the head is sensitive: 8-bit even for q4 (exact when the source is already blocked)
             hs = t["lm_head.weight"]
-            hw = from_block_quantized(hs) if isinstance(hs, BlockQuantized) else map_linear(hs, "q8")
+            hw = (from_block_quantized(hs, zero_points=zero_points) if isinstance(hs, BlockQuantized)
+                  else map_linear(hs, "q8"))
             logits = b.linear(x, hw, "lm_head", role="lm_head")
         head_info["lm_head"] = f"{hw.bits}-bit MatMulNBits ({hw.origin})"
     g.nodes[-1].output[0] = "logits"
@@ -336,7 +342,8 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         "quant": {"mode": quant, **({"weights": "float32 MatMul"} if quant == "fp32" else {
             "weights": "MatMulNBits block 32, integer zero points (the default where left out)", **head_info,
             "projections": b.mapped, "exact": "q4_1 / q8_0 origins map GGUF blocks without re-quantization",
-            "q4_1_mins": "m + 8d as extra MatMulNBits columns over the input's block sums (4-bit: two digits)"})},
+            "zero_points": zero_points,
+            "q4_1_mins": "m + d*zp as extra MatMulNBits columns over the input's block sums (4-bit: two digits)"})},
         "accuracy_level": b.acc if len(set(b.acc.values())) > 1 else b.acc["qkv"],
         "precise_mlp_layers": sorted(int(i) for i in precise_mlp_layers) if quant != "fp32" else [],
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import manifest as mf
 from ..durable import fsync_path, fsync_tree
+from .quantize import ZERO_POINTS
 from .weights import SourceModel
 
 QUANTS = ("fp32", "q8", "q4")
@@ -23,12 +24,13 @@ class ModelExistsError(FileExistsError):
     """The destination already holds a model and force was not given."""
 
 
-def build_onnx(source, out_dir, quant="fp32", all_logits=False, max_seq_len=None, precise_mlp_layers=()) -> dict:
+def build_onnx(source, out_dir, quant="fp32", all_logits=False, max_seq_len=None, precise_mlp_layers=(),
+               zero_points="default") -> dict:
     """Indirection to the graph builder (imported late: it pulls in onnx); tests monkeypatch this."""
     from .builder import build_onnx as _build
 
     return _build(source, Path(out_dir), quant=quant, all_logits=all_logits, max_seq_len=max_seq_len,
-                  precise_mlp_layers=precise_mlp_layers)
+                  precise_mlp_layers=precise_mlp_layers, zero_points=zero_points)
 
 
 CALIBRATION_MESSAGES = [
@@ -123,15 +125,19 @@ def _swap_into_place(tmp: Path, out_dir: Path):
 
 
 def convert(src, out_dir, quant: str = "q4", force: bool = False, all_logits: bool = False,
-            max_seq_len: int | None = None, progress: bool = True) -> Path:
-    """Convert `src` into the model folder `out_dir` (model.onnx, model.onnx.data, tokenizer.json, edgeai.json)."""
+            max_seq_len: int | None = None, progress: bool = True, zero_points: str = "default") -> Path:
+    """Convert `src` into the model folder `out_dir` (model.onnx, model.onnx.data, tokenizer.json, edgeai.json).
+    zero_points: where exact GGUF Q4_1 mappings put their zero points ("default": faster decode; "per-block":
+    slightly closer to the source), see convert.quantize.from_block_quantized."""
     if quant not in QUANTS:
         raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    if zero_points not in ZERO_POINTS:
+        raise ValueError(f"zero_points must be one of {', '.join(ZERO_POINTS)}, not {zero_points!r}")
     out_dir = Path(out_dir).expanduser().absolute()
     _check_out_dir(out_dir, force)  # fail before the (slow) load, and again before the swap
     steps = _Steps(progress)
     try:
-        _convert(src, out_dir, quant, force, all_logits, max_seq_len, steps)
+        _convert(src, out_dir, quant, force, all_logits, max_seq_len, steps, zero_points)
     except BaseException:
         steps.abort()
         raise
@@ -139,7 +145,7 @@ def convert(src, out_dir, quant: str = "q4", force: bool = False, all_logits: bo
     return out_dir
 
 
-def _convert(src, out_dir: Path, quant, force, all_logits, max_seq_len, steps):
+def _convert(src, out_dir: Path, quant, force, all_logits, max_seq_len, steps, zero_points):
     steps("read source")
     source = load_source(src)
     if not source.tokenizer_json:
@@ -153,7 +159,7 @@ def _convert(src, out_dir: Path, quant, force, all_logits, max_seq_len, steps):
             precise = calibration_layers(source)
         steps(f"build ONNX graph ({quant})")
         graph = build_onnx(source, tmp, quant=quant, all_logits=all_logits, max_seq_len=max_seq_len,
-                           precise_mlp_layers=precise)
+                           precise_mlp_layers=precise, zero_points=zero_points)
         steps("write tokenizer and manifest")
         (tmp / "tokenizer.json").write_text(source.tokenizer_json, encoding="utf-8")
         cfg = source.config

@@ -8,13 +8,14 @@ Layout (ORT contrib op spec):
     zero_points uint8 [N, ceil(K/block * bits / 8)]; 4-bit packed like B (low nibble first)
 Integer zero points keep MatMulNBits on its fast integer path (float zero points, which could express Q4_1
 exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU). Zero points equal to the kernel's default
-(2^(bits-1)) are left out of the graph: without a zero_points input a SmolLM2 q4 decode step took 8% less time
-on an AVX2 CPU (three interleaved A/Bs, alternating order: x0.89-0.96; prefill unchanged), so exact GGUF
-mappings use the default zero point.
+(2^(bits-1)) are left out of the graph: without a zero_points input a SmolLM2 q4 decode step took 8-12% less
+time on an AVX2 CPU (`python bench/zero_point_ab.py`: x0.88 and x0.92; prefill unchanged), so exact GGUF
+mappings use the default zero point unless asked for one per block.
 
 Mappings (`map_linear`):
     GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp 8 (the default), plus mins m' = m + 8d: the builder adds
                               sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
+                              zero_points="per-block": zp nearest -m/d in each block, m' = m + d*zp.
     GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128 (the default): exact (for q4 and q8 alike).
     under q8 a Q4_1 source keeps its codes in 8-bit storage (B = q + 120, zp 128: same values, same mins term).
     float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
@@ -30,6 +31,7 @@ import numpy as np
 from .weights import BlockQuantized, Tensor, as_float
 
 BLOCK = 32
+ZERO_POINTS = ("default", "per-block")  # how exact GGUF Q4_1 mappings place their zero points (see below)
 
 
 @dataclass
@@ -177,8 +179,8 @@ def fold_mins(w: NBitsWeight):
     (1/254). The input side must repeat the block sums once per digit.
     SmolLM2-135M q4 against its fp32 source (`edgeai eval fidelity`, GPL-3, 2048 tokens, accuracy_level 4):
     mean KL 0.0040, top-1 agreement 96.2%, perplexity ratio 1.006 (with per-block zero points nearest -m/d,
-    which leave smaller mins: 0.0031, 96.3%, 1.0004, but an 8% slower decode step on AVX2; a third digit does
-    not help: the remaining error is the int8 rounding of the block sums, and one digit loses: KL 0.085).
+    which leave smaller mins: 0.0031, 96.1%, 1.0014, but slower decode steps; a third digit does not help: the
+    remaining error is the int8 rounding of the block sums, and one digit loses: KL 0.085).
     """
     n, k = w.shape
     blk, z = w.block_size, default_zero_point(w.bits)
@@ -209,19 +211,30 @@ def mins_digits(w: NBitsWeight) -> int:
     return 2 if w.bits == 4 else 1
 
 
-def from_block_quantized(t: BlockQuantized, bits: int | None = None) -> NBitsWeight:
-    """Exact MatMulNBits form of a GGUF block (no re-quantization); Q4_1 may be widened to 8-bit storage."""
+def from_block_quantized(t: BlockQuantized, bits: int | None = None, zero_points: str = "default") -> NBitsWeight:
+    """Exact MatMulNBits form of a GGUF block (no re-quantization); Q4_1 may be widened to 8-bit storage.
+
+    zero_points (Q4_1 only): "default" puts the codes around the kernel's default zero point (no zero_points
+    input: the faster kernel path); "per-block" uses the integer zero point nearest -m/d of each block, which
+    leaves smaller offsets, hence a slightly closer product (mean KL 0.0031 instead of 0.0040 for SmolLM2),
+    at the cost of a zero_points input (8-12% slower decode steps on an AVX2 CPU)."""
+    if zero_points not in ZERO_POINTS:
+        raise ValueError(f"zero_points must be one of {', '.join(ZERO_POINTS)}, not {zero_points!r}")
     rows, cols = t.q.shape
     nb = cols // t.block_size
     if t.kind == "q4_1":
-        # w = d*q + m = d*(q - 8) + (m + 8d): codes as they are around the default zero point, so the graph
-        # needs no zero_points input; the mins term m + 8d rides along (fold_mins). 8-bit storage shifts the
-        # codes to sit around its own default, 128.
+        # w = d*q + m = d*(q - zp) + (m + d*zp): the codes as they are, the offset term m + d*zp rides along
+        # (fold_mins). zp is 8 (the kernel's default) or, per block, the integer nearest -m/d (offsets <= d/2).
+        # 8-bit storage shifts codes and zero points to sit around its own default, 128.
         d, m = t.scales.astype(np.float32), t.mins.astype(np.float32)
         b = bits or 4
-        z = default_zero_point(b)
-        codes = t.q.astype(np.uint8) + np.uint8(z - 8)
-        return NBitsWeight(b, codes, d, np.full((rows, nb), z, np.uint8), m + 8 * d, t.block_size, "q4_1")
+        shift = default_zero_point(b) - 8
+        if zero_points == "per-block":
+            zp = np.clip(np.round(-m / np.where(d != 0, d, 1)), 0, 15).astype(np.float32)
+        else:
+            zp = np.full(d.shape, 8.0, np.float32)
+        return NBitsWeight(b, t.q.astype(np.uint8) + np.uint8(shift), d, (zp + shift).astype(np.uint8), m + d * zp,
+                           t.block_size, "q4_1")
     if t.kind == "q8_0":
         q = (t.q.astype(np.int16) + 128).astype(np.uint8)
         return NBitsWeight(8, q, t.scales.astype(np.float32), np.full((rows, nb), 128, np.uint8), None,
@@ -229,7 +242,7 @@ def from_block_quantized(t: BlockQuantized, bits: int | None = None) -> NBitsWei
     raise ValueError(f"unsupported block kind {t.kind}")
 
 
-def map_linear(t: Tensor, quant: str):
+def map_linear(t: Tensor, quant: str, zero_points: str = "default"):
     """Target form of one linear weight [out, in]: float32 ndarray for fp32, NBitsWeight otherwise.
 
     q4: Q4_1 and Q8_0 sources map exactly; float sources are quantized to 4 bits.
@@ -238,22 +251,22 @@ def map_linear(t: Tensor, quant: str):
     if quant == "fp32":
         return as_float(t)
     if isinstance(t, BlockQuantized):  # exact; under q8 Q4_1 codes are stored in 8 bits (same values)
-        return from_block_quantized(t, bits=4 if quant == "q4" and t.kind == "q4_1" else 8)
+        return from_block_quantized(t, bits=4 if quant == "q4" and t.kind == "q4_1" else 8, zero_points=zero_points)
     return quantize_rtn(as_float(t), 4 if quant == "q4" else 8)
 
 
-def map_group(tensors: list, quant: str):
+def map_group(tensors: list, quant: str, zero_points: str = "default"):
     """Map several weights that share one input and will be fused along N (q/k/v, gate/up).
 
     Parts must share one bit width to share one MatMulNBits: GGUF blocks of mixed kinds (Q4_1 + Q8_0) all
     go exactly to 8 bits; a mix with float weights is quantized uniformly.
     """
-    parts = [map_linear(t, quant) for t in tensors]
+    parts = [map_linear(t, quant, zero_points) for t in tensors]
     if quant == "fp32":
         return np.concatenate(parts, axis=0)
     if len({p.bits for p in parts}) > 1:
         if all(isinstance(t, BlockQuantized) for t in tensors):  # e.g. Q4_1 + Q8_0: all exact in 8 bits
-            parts = [from_block_quantized(t, bits=8) for t in tensors]
+            parts = [from_block_quantized(t, bits=8, zero_points=zero_points) for t in tensors]
         else:
             parts = [quantize_rtn(as_float(t), 4 if quant == "q4" else 8) for t in tensors]
     return concat(parts)
@@ -266,7 +279,7 @@ def embedding_q8(t: Tensor) -> NBitsWeight:
     return quantize_rtn(as_float(t), 8)
 
 
-def effective_source(source, quant: str):
+def effective_source(source, quant: str, zero_points: str = "default"):
     """The SourceModel whose float32 weights equal what the `quant` graph really multiplies with.
 
     Lets tests separate graph correctness (ORT vs reference on these weights, ~exact at accuracy_level 0)
@@ -286,13 +299,13 @@ def effective_source(source, quant: str):
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         for names in (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]):
-            w = map_group([t[p + n + ".weight"] for n in names], quant)
+            w = map_group([t[p + n + ".weight"] for n in names], quant, zero_points)
             w = w if isinstance(w, np.ndarray) else as_graph(w)
             rows = np.cumsum([t[p + n + ".weight"].shape[0] for n in names])[:-1]
             for n, part in zip(names, np.split(w, rows)):
                 out[p + n + ".weight"] = part
         for n in ("self_attn.o_proj", "mlp.down_proj"):
-            out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant))
+            out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant, zero_points))
     out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
     if "lm_head.weight" in t:
         h = t["lm_head.weight"]

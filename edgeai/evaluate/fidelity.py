@@ -56,12 +56,13 @@ def ensure_all_logits(model, build: bool = True, progress: bool = True) -> Path:
         return folder
     src = (m.get("source") or {}).get("path")
     quant = (m.get("quantization") or {}).get("mode") or (graph.get("quant") or {}).get("mode") or "fp32"
+    zero_points = (graph.get("quant") or {}).get("zero_points") or "default"
     if not src or not Path(src).exists():
         raise FileNotFoundError(f"{folder} returns last-position logits only and its source ({src}) is not here "
                                 f"to build an all-logits twin; convert one with `edgeai convert SRC OUT "
                                 f"--quant {quant} --all-logits`")
     # The folder's own graph digest is in the key: a re-converted model (new builder) gets a new twin.
-    key = hashlib.sha256(json.dumps([(m.get("source") or {}).get("sha256") or str(src), quant,
+    key = hashlib.sha256(json.dumps([(m.get("source") or {}).get("sha256") or str(src), quant, zero_points,
                                      graph.get("max_seq_len"), graph.get("accuracy_level"),
                                      (m.get("files") or {}).get("model.onnx")],
                                     sort_keys=True).encode()).hexdigest()[:10]
@@ -72,7 +73,8 @@ def ensure_all_logits(model, build: bool = True, progress: bool = True) -> Path:
 
     if progress:
         print(f"building an all-logits twin of {folder.name} ({quant}) in {out} (once) ...", file=sys.stderr)
-    convert(src, out, quant=quant, all_logits=True, max_seq_len=graph.get("max_seq_len"), progress=progress)
+    convert(src, out, quant=quant, all_logits=True, max_seq_len=graph.get("max_seq_len"), progress=progress,
+            zero_points=zero_points)
     return out
 
 
