@@ -51,6 +51,12 @@ def step(sess, binding, ids, past):
     sess.run_with_iobinding(binding)
 
 
+def feed_prompt(sess, binding, ids, prompt, chunk):
+    """The first `prompt` tokens of ids, `chunk` at a time, as the engine's prefill feeds them."""
+    for pos in range(0, prompt, chunk):
+        step(sess, binding, ids[:, pos:pos + chunk], pos)
+
+
 def phase_shares(events, first_run, n_runs):
     """Kernel time per operator type (µs) and node count over runs first_run .. first_run+n_runs-1 (in the
     order they ran), each run being the span of one of the profiler's "model_run" events."""
@@ -90,13 +96,8 @@ def main():
     sess, binding, _keep = kv_session(folder, args.threads, max(context, args.kv_length), profile=True)
     ids = np.random.default_rng(0).integers(100, 1000, (1, context)).astype(np.int64)
 
-    def prefill():
-        for pos in range(0, args.prompt, args.chunk):
-            step(sess, binding, ids[:, pos:pos + args.chunk], pos)
-
-    prefill()  # warm-up: first-run allocations stay out of the figures
-    for _ in range(args.reps):
-        prefill()
+    for _ in range(1 + args.reps):  # the first is a warm-up: first-run allocations stay out of the figures
+        feed_prompt(sess, binding, ids, args.prompt, args.chunk)
     for t in range(args.decode):
         step(sess, binding, ids[:, args.prompt + t:args.prompt + t + 1], args.prompt + t)
     path = sess.end_profiling()

@@ -3,7 +3,8 @@
 Converts the model's GGUF source twice (`edgeai convert --zero-points default` and `--zero-points per-block`)
 into --out, then times both graphs in one process the way the engine drives them (KV buffers bound once,
 a 512-token prompt in chunks of 128, then single-token decode steps), round after round with the order
-alternating (on a 2-core box the graph that ran second was seen to gain 5-8%), and prints medians and ratios.
+alternating, and prints medians and ratios, and what running second rather than first did to a decode step
+(on a 2-core box it moved a step by 5-9%, one way or the other: the reason the order alternates).
 Closeness to the source: `edgeai eval fidelity --reference smollm2-135m-fp32 --candidate OUT/per-block` (and
 OUT/default) with the same --text.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_graph import kv_session, step  # noqa: E402
+from profile_graph import feed_prompt, kv_session, step  # noqa: E402
 
 from edgeai.convert.pipeline import convert  # noqa: E402
 from edgeai.pull import fetch_source  # noqa: E402
@@ -30,8 +31,7 @@ def timed_round(graph, ids, prompt, chunk, decode):
     """(prefill seconds, median decode step seconds) for one pass over `graph` = (session, binding)."""
     sess, binding = graph
     t0 = time.perf_counter()
-    for pos in range(0, prompt, chunk):
-        step(sess, binding, ids[:, pos:pos + chunk], pos)
+    feed_prompt(sess, binding, ids, prompt, chunk)
     prefill = time.perf_counter() - t0
     steps = []
     for t in range(decode):
@@ -63,17 +63,22 @@ def main():
         keep.append(buffers)
     ids = np.random.default_rng(0).integers(100, 1000, (1, context)).astype(np.int64)
     res = {m: ([], []) for m in MODES}
+    by_slot = {m: ([], []) for m in MODES}  # decode step times when the mode ran first / second in its round
     for r in range(args.rounds):
-        for m in (MODES if r % 2 == 0 else MODES[::-1]):
+        for slot, m in enumerate(MODES if r % 2 == 0 else MODES[::-1]):
             prefill, dec = timed_round(graphs[m], ids, args.prompt, args.chunk, args.decode)
             res[m][0].append(prefill)
             res[m][1].append(dec)
+            by_slot[m][slot].append(dec)
     base_p, base_d = (float(np.median(v)) for v in res["per-block"])
     print(f"q4 from {src.name}, {args.rounds} rounds (order alternating), {args.threads} threads; models in {out}")
     for m in MODES:
         p, d = (float(np.median(v)) for v in res[m])
         print(f"  zero points {m:9s}  prefill {args.prompt}: {1e3 * p:7.1f} ms (x{p / base_p:.3f})   "
               f"decode step: {1e3 * d:6.2f} ms (x{d / base_d:.3f})")
+    for m in MODES:
+        first, second = (float(np.median(v)) if v else float("nan") for v in by_slot[m])
+        print(f"  position effect, {m}: decode step when run second / when run first x{second / first:.3f}")
 
 
 if __name__ == "__main__":

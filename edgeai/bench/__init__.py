@@ -217,7 +217,8 @@ def summarize(runs: list, max_busy: float) -> dict:
 def run_order(configs: list, rep: int) -> list:
     """The order of one repetition: the list rotated by `rep`, so over len(configs) repetitions each
     configuration runs once in every slot. A fixed order lets position effects pass for speed differences
-    (an in-process A/B of two graphs on this box favoured whichever ran second by 5-8%, in both orders)."""
+    (on a 2-core box, a graph's slot in an in-process A/B moved its decode step by 5-9%: bench/zero_point_ab.py
+    prints that effect)."""
     k = rep % len(configs) if configs else 0
     return list(configs[k:]) + list(configs[:k])
 
