@@ -6,7 +6,12 @@ type's share of kernel time for the prefill and for the decode steps separately.
 cost per node, so small nodes look dearer than they are: read shares, not absolute times, and compare graphs
 under the same settings.
 
-    python bench/profile_graph.py [MODEL] [--prompt 512] [--chunk 128] [--decode 64] [--threads 2]
+--split NAME counts the nodes whose name contains NAME apart: graphs converted since the builder names its
+nodes after what they compute ("lm_head", "layers.3.qkv_proj", "layers.3.qkv_proj.block_sums",
+"layers.3.attention"), so `--split lm_head --split block_sums` gives the LM head's and the Q4_1 offsets'
+shares.
+
+    python bench/profile_graph.py [MODEL] [--prompt 512] [--chunk 128] [--decode 64] [--threads 2] [--split NAME]
 """
 import argparse
 import collections
@@ -57,9 +62,10 @@ def feed_prompt(sess, binding, ids, prompt, chunk):
         step(sess, binding, ids[:, pos:pos + chunk], pos)
 
 
-def phase_shares(events, first_run, n_runs):
+def phase_shares(events, first_run, n_runs, split=()):
     """Kernel time per operator type (µs) and node count over runs first_run .. first_run+n_runs-1 (in the
-    order they ran), each run being the span of one of the profiler's "model_run" events."""
+    order they ran), each run being the span of one of the profiler's "model_run" events. Nodes whose name
+    contains one of `split` are counted apart, as "OpType [name part]"."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     spans = runs[first_run:first_run + n_runs]
     time_by, count_by = collections.Counter(), collections.Counter()
@@ -67,6 +73,7 @@ def phase_shares(events, first_run, n_runs):
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and \
                 any(a <= e["ts"] < b for a, b in spans):
             op = e["args"].get("op_name", "?")
+            op += "".join(f" [{part}]" for part in split if part in e["name"])
             time_by[op] += e["dur"]
             count_by[op] += 1
     return time_by, count_by
@@ -89,6 +96,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-length", type=int, default=4096,
                     help="KV buffer positions, as the engine's context_length (default 4096, edgeai.LLM's)")
+    ap.add_argument("--split", action="append", default=[],
+                    help="count nodes whose name contains this apart (e.g. lm_head); repeatable")
     args = ap.parse_args()
 
     folder = resolve_model(args.model)
@@ -105,9 +114,9 @@ def main():
     os.remove(path)
     chunks = -(-args.prompt // args.chunk)
     report(f"prefill of {args.prompt} tokens in chunks of {args.chunk}",
-           *phase_shares(events, chunks, chunks * args.reps), args.reps)
+           *phase_shares(events, chunks, chunks * args.reps, args.split), args.reps)
     report(f"decode, one token per step after {args.prompt}",
-           *phase_shares(events, chunks * (args.reps + 1), args.decode), args.decode)
+           *phase_shares(events, chunks * (args.reps + 1), args.decode, args.split), args.decode)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,17 @@ def test_graph_info_and_files(built, src):
     ops = {n.op_type for n in m.graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= ops
     assert sum(n.op_type == "GroupQueryAttention" for n in m.graph.node) == src.config.num_layers
+
+
+def test_nodes_named_after_projections(built, src):
+    """bench/profile_graph.py --split lm_head (or qkv_proj, attention) finds nodes by these names."""
+    m = onnx.load(str(built[False][0]), load_external_data=False)
+    names = [n.name for n in m.graph.node]
+    assert len(set(names)) == len(names)
+    by_name = {n.name: n.op_type for n in m.graph.node}
+    assert by_name["lm_head"] == "Gemm"  # tied fp32 head
+    L = src.config.num_layers
+    for i in range(L):
+        assert by_name[f"layers.{i}.attention"] == "GroupQueryAttention"
+        for proj in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+            assert by_name[f"layers.{i}.{proj}"] == "MatMul"

@@ -115,6 +115,11 @@ def test_all_logits_twin(tiny_gguf, tmp_path, monkeypatch):
     assert m["graph"]["all_logits"] and m["quantization"]["mode"] == "q4"
     assert ensure_all_logits(last, progress=False) == twin  # built once
     assert ensure_all_logits(twin) == twin
+    # new weights in the same graph (a re-conversion by a newer converter) get a new twin
+    mf = json.loads((last / "edgeai.json").read_text())
+    mf["files"]["model.onnx.data"] = "0" * 64
+    (last / "edgeai.json").write_text(json.dumps(mf))
+    assert ensure_all_logits(last, progress=False) != twin
     # the twin scores like the last-position graph does (one token per run)
     ids = tokenize_text(last, TEXT, 24)
     assert perplexity_eval(last, token_ids=ids)["ppl"] == pytest.approx(perplexity(last, ids)["ppl"], rel=1e-4)

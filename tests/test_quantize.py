@@ -38,6 +38,25 @@ def test_rtn_error(rng, bits):
         assert ((searched.dequantize() - w) ** 2).sum() <= ((nw.dequantize() - w) ** 2).sum()
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_error(rng, bits):
+    """Codes around the default zero point; each block's largest |w| lands on code 0 (the far end of the
+    range) when the unshrunk scale wins; never worse than plain signed-max rounding."""
+    w = rng.standard_normal((16, 128)).astype(np.float32)
+    nw = Q.quantize_symmetric(w, bits)
+    zp = Q.default_zero_point(bits)
+    assert (nw.zero_points == zp).all() and nw.mins is None and nw.q.max() <= 2 * zp - 1
+    wb = w.reshape(16, 4, 32)
+    extreme = np.take_along_axis(wb, np.abs(wb).argmax(-1)[..., None], -1)[..., 0]
+    plain = np.clip(np.round(wb / (extreme / -zp)[..., None]) + zp, 0, 2 * zp - 1)
+    plain_err = (((plain - zp) * (extreme / -zp)[..., None] - wb) ** 2).sum()
+    err = ((nw.dequantize() - w) ** 2).sum()
+    assert err <= plain_err + 1e-6
+    assert np.sqrt(err / (w ** 2).sum()) < (0.12 if bits == 4 else 0.006)
+    unshrunk = np.isclose(nw.scales, extreme / -zp)
+    assert unshrunk.any() and (nw.q.reshape(16, 4, 32).min(-1)[unshrunk] == 0).all()
+
+
 def test_gguf_blocks_map_exactly(rng):
     w = rng.standard_normal((8, 64)).astype(np.float32)
     for bq in (to_q4_1(w), to_q8_0(w)):
@@ -95,6 +114,9 @@ def test_q4_from_gguf_blocks_is_near_lossless(tmp_path):
     m = onnx.load(str(tmp_path / "a0" / "model.onnx"), load_external_data=False)
     nbits = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all(len(n.input) == 3 for n in nbits)
+    assert {"lm_head", "layers.0.qkv_proj", "layers.0.down_proj"} <= {n.name for n in nbits}
+    # the block sums a Q4_1 projection's mins need are named after it (profile_graph.py --split block_sums)
+    assert any(n.name == "layers.0.qkv_proj.block_sums" and n.op_type == "MatMul" for n in m.graph.node)
     assert rel(out0, ref) < 5e-3 and (out0.argmax(-1) == ref.argmax(-1)).all()
     out4, info4 = run(src, tmp_path / "a4", "q4", 4)  # int8 activations inside MatMulNBits
     assert info4["accuracy_level"] == 4
@@ -122,6 +144,30 @@ def test_per_block_zero_points_option(tmp_path):
     out = np.concatenate([r.step(IDS[:12], 0)[0]] + [r.step(IDS[t:t + 1], t)[0] for t in range(12, len(IDS))])
     assert np.abs(out - ReferenceLlama(Q.effective_source(src, "q4", "per-block")).forward(IDS, 0)).max() <= 1e-4
     assert rel(out, ref) < 1e-3
+
+
+def test_symmetric_option(tmp_path):
+    """zero_points="symmetric": every weight re-quantized around the default zero point (no zero_points
+    inputs, no block sums), the tied q4 head in 4 bits of its own while the embedding keeps its exact 8-bit
+    rows; ORT equals the reference on the weights it encodes, and the result is lossy but close."""
+    src = make_tiny_source(quantized_like_gguf=True)
+    info = build_onnx(src, tmp_path, "q4", all_logits=True, max_seq_len=64, accuracy_level=0, zero_points="symmetric")
+    assert info["quant"]["zero_points"] == "symmetric" and "4-bit" in info["quant"]["lm_head"]
+    m = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    nbits = {n.name: n for n in m.graph.node if n.op_type == "MatMulNBits"}
+    assert all(len(n.input) == 3 for n in nbits.values())
+    assert all({a.name: a.i for a in n.attribute}["bits"] == 4 for n in nbits.values())
+    assert not any("block_sums" in n.name for n in m.graph.node)
+    assert nbits["lm_head"].input[1] != "embed_tokens.qweight"
+    r = OrtLlama(tmp_path / "model.onnx", info)
+    out = np.concatenate([r.step(IDS[:12], 0)[0]] + [r.step(IDS[t:t + 1], t)[0] for t in range(12, len(IDS))])
+    eff = Q.effective_source(src, "q4", "symmetric")
+    assert "lm_head.weight" in eff.tensors  # the head no longer equals the (exact) embedding
+    assert np.abs(out - ReferenceLlama(eff).forward(IDS, 0)).max() <= 1e-4
+    assert "embed_tokens.scales" not in {i.name for i in m.graph.initializer}  # no unused float32 copy
+    ref = ReferenceLlama(src).forward(IDS, 0)
+    # re-quantized: visibly lossy (the exact form is within 0.5%), still the same model on this tiny one
+    assert 0.01 < rel(out, ref) < 0.5 and (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
 
 
 def test_q8_close_to_fp32(tmp_path):

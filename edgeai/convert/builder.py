@@ -44,9 +44,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .quantize import (NBitsWeight, default_zero_point, embedding_q8, fold_mins, from_block_quantized, map_group,
+from .quantize import (NBitsWeight, default_zero_point, embedding_q8, fold_mins, lm_head_weight, map_group,
                        map_linear, mins_digits)
-from .weights import BlockQuantized, SourceModel, as_float
+from .weights import SourceModel, as_float
 
 OPSET = 17
 MS = "com.microsoft"
@@ -93,23 +93,25 @@ class _Graph:
             self.consts[key] = self.init(self.name("const"), arr)
         return self.consts[key]
 
-    def op(self, op_type, inputs, n_out=1, domain="", base=None, **attrs):
+    def op(self, op_type, inputs, n_out=1, domain="", base=None, node_name=None, **attrs):
+        """Add a node; node_name (unique) names it for profilers (bench/profile_graph.py --split)."""
         outs = [self.name(base or op_type) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type),
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name or self.name("n_" + op_type),
                                            domain=domain, **attrs))
         return outs[0] if n_out == 1 else outs
 
 
-def _quantized_embedding(g: _Graph, ew: NBitsWeight, hidden: int):
+def _quantized_embedding(g: _Graph, ew: NBitsWeight, hidden: int, head_shares: bool):
     """Gather + dequantize rows of the 8-bit table `ew`: returns (h, codes, scales, gathered_ranges).
 
-    codes and scales (float32) are also the tied head's MatMulNBits inputs. The rows are gathered from the
-    mapped file, a few per token, so every gathered table costs resident pages: GGUF block scales are float16
-    (a float16 copy gathers exactly), and Q8_0 needs no offset table (its zero point is 128 everywhere)."""
+    With head_shares, codes and scales (float32) are also the tied head's MatMulNBits inputs (else scales is
+    None where the rows need no float32 copy). The rows are gathered from the mapped file, a few per token, so
+    every gathered table costs resident pages: GGUF block scales are float16 (a float16 copy gathers exactly),
+    and Q8_0 needs no offset table (its zero point is 128 everywhere)."""
     f32 = TensorProto.FLOAT
     qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8
-    sc = g.init("embed_tokens.scales", ew.scales)
     exact16 = ew.origin in ("q8_0", "q4_1") and np.array_equal(ew.scales.astype(np.float16), ew.scales)
+    sc = g.init("embed_tokens.scales", ew.scales) if head_shares or not exact16 else None
     row_sc = g.init("embed_tokens.row_scales", ew.scales.astype(np.float16)) if exact16 else sc
     rows = g.op("Cast", [g.op("Gather", [qb, "input_ids"])], to=f32)
     s_ = g.op("Unsqueeze", [g.op("Gather", [row_sc, "input_ids"]), g.const([-1])])
@@ -146,7 +148,7 @@ class _Builder:
         self.block_sums = {}  # (input name, digits) -> [input, its block sums..] (shared by fused projections)
         self.mapped = {}  # "bits-bit origin" -> number of projections (reported in graph_info)
 
-    def _with_block_sums(self, x, k, block, digits):
+    def _with_block_sums(self, x, k, block, digits, name):
         """[x, s, .., s] with s = the per-block sums of x [.., K], padded to whole blocks and repeated `digits`
         times: the input of a MatMulNBits whose weight went through `fold_mins`. The sums are one MatMul with
         a 0/1 matrix (fewer nodes than Reshape + ReduceSum: per-node overhead dominates 1-token decode)."""
@@ -157,15 +159,16 @@ class _Builder:
                 ones = np.kron(np.eye(nb, dtype=np.float32), np.ones((block, 1), np.float32))
                 ones = np.pad(ones, ((0, 0), (0, -nb % block)))
                 self.g.consts[key] = self.g.init(f"block_sum_{k}x{ones.shape[1]}", ones)
-            sums = self.g.op("MatMul", [x, self.g.consts[key]])
-            self.block_sums[(x, digits)] = self.g.op("Concat", [x] + [sums] * digits, axis=-1)
+            sums = self.g.op("MatMul", [x, self.g.consts[key]], node_name=name + ".block_sums")
+            self.block_sums[(x, digits)] = self.g.op("Concat", [x] + [sums] * digits, axis=-1,
+                                                     node_name=name + ".with_block_sums")
         return self.block_sums[(x, digits)]
 
     def matmul_nbits(self, x, w: NBitsWeight, name, accuracy_level, shared=None):
         """x @ w^T with one MatMulNBits; a Q4_1 mins term rides along as extra input columns (fold_mins).
         shared: existing initializers (codes, scales) holding w (the embedding table, for a tied head)."""
         if w.mins is not None:
-            x = self._with_block_sums(x, w.shape[1], w.block_size, mins_digits(w))
+            x = self._with_block_sums(x, w.shape[1], w.block_size, mins_digits(w), name)
             w, shared = fold_mins(w)[0], None
         n, k = w.shape
         codes, scales = shared or (self.g.init(name + ".qweight", w.packed_b()), self.g.init(name + ".scales", w.scales))
@@ -173,13 +176,13 @@ class _Builder:
         if (w.zero_points != default_zero_point(w.bits)).any():  # else the kernel's default: its faster path
             ins.append(self.g.init(name + ".zero_points", w.packed_zero_points()))
         return self.g.op("MatMulNBits", ins, domain=MS, K=k, N=n, bits=w.bits, block_size=w.block_size,
-                         accuracy_level=accuracy_level)
+                         accuracy_level=accuracy_level, node_name=name)
 
     def linear(self, x, w, name, bias=None, transposed_init=None, role="qkv", accuracy_level=None):
         """y = x @ w^T (+ bias); w is float [N, K] or NBitsWeight."""
         g = self.g
         if isinstance(w, np.ndarray):
-            y = g.op("MatMul", [x, transposed_init or g.init(name + ".weight_t", w.T)])
+            y = g.op("MatMul", [x, transposed_init or g.init(name + ".weight_t", w.T)], node_name=name)
         else:
             tag = f"{w.bits}-bit {w.origin}"
             self.mapped[tag] = self.mapped.get(tag, 0) + 1
@@ -196,8 +199,8 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
 
     accuracy_level: MatMulNBits compute precision (4: int8 activations, fast; 0: float, exact), an int or a
     dict per projection role {"qkv", "o", "gate_up", "down", "lm_head"}.
-    zero_points: where exact Q4_1 mappings put their zero points ("default" or "per-block", see
-    quantize.from_block_quantized).
+    zero_points: "default" or "per-block" (where exact Q4_1 mappings put their zero points), or "symmetric"
+    (every weight re-quantized around the default zero point, the q4 head too), see convert.quantize.
     precise_mlp_layers: layers whose gate/up projection must see float activations (massive-activation
     layers, see calibrate.py): 4-bit weights run at accuracy_level 1, 8-bit ones as a float MatMul (ORT's
     8-bit kernel at float accuracy is ~40x slower than a plain MatMul for one row).
@@ -228,13 +231,15 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
     # ---- embedding (and the tied LM head's weights)
     emb_src = t["model.embed_tokens.weight"]
     tied = "lm_head.weight" not in t
+    # a tied head reads the embedding's 8-bit codes in place, unless the symmetric q4 form re-quantizes it
+    head_shares = tied and not (quant == "q4" and zero_points == "symmetric")
     head_info, gathered = {}, []
     if quant == "fp32":
         emb_name = g.init("embed_tokens.weight", as_float(emb_src))
         h = g.op("Gather", [emb_name, "input_ids"])
     else:
         ew = embedding_q8(emb_src)
-        h, qb, sc, gathered = _quantized_embedding(g, ew, E)
+        h, qb, sc, gathered = _quantized_embedding(g, ew, E, head_shares)
         head_info["embedding"] = f"8-bit rows gathered and dequantized in-graph ({ew.origin})"
 
     cos, sin = _rope_cache(cfg, max_seq_len)
@@ -253,7 +258,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         qkv = b.linear(x, qkv_w, f"layers.{i}.qkv_proj", bias)
         attn, pk, pv = g.op("GroupQueryAttention",
                             [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
-                             cos_name, sin_name], n_out=3, domain=MS,
+                             cos_name, sin_name], n_out=3, domain=MS, node_name=f"layers.{i}.attention",
                             num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
                             scale=float(1.0 / np.sqrt(D)))
         g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present_key_{i}", f"present_value_{i}"
@@ -292,19 +297,17 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
     if quant == "fp32":
         if tied:  # Gemm(transB) reads the embedding table in place: no transposed copy
             flat = g.op("Reshape", [x, g.const([-1, E])])
-            y = g.op("Gemm", [flat, emb_name], transB=1)
+            y = g.op("Gemm", [flat, emb_name], transB=1, node_name="lm_head")
             shp = g.op("Concat", [g.op("Shape", [x], start=0, end=2), g.const([V])], axis=0)
             logits = g.op("Reshape", [y, shp])
         else:
             logits = b.linear(x, as_float(t["lm_head.weight"]), "lm_head")
     else:
-        if tied:  # reads the embedding's codes in place (a Q4_1 table's folded mins need their own copy)
+        if head_shares:  # (a Q4_1 table's folded mins need their own copy)
             hw = ew
             logits = b.matmul_nbits(x, hw, "lm_head", b.acc["lm_head"], shared=(qb, sc))
-        else:  # the head is sensitive: 8-bit even for q4 (exact when the source is already blocked)
-            hs = t["lm_head.weight"]
-            hw = (from_block_quantized(hs, zero_points=zero_points) if isinstance(hs, BlockQuantized)
-                  else map_linear(hs, "q8"))
+        else:  # its own weight: 8-bit (exact from GGUF blocks) unless re-quantized symmetric (see lm_head_weight)
+            hw = lm_head_weight(emb_src if tied else t["lm_head.weight"], quant, zero_points)
             logits = b.linear(x, hw, "lm_head", role="lm_head")
         head_info["lm_head"] = f"{hw.bits}-bit MatMulNBits ({hw.origin})"
     g.nodes[-1].output[0] = "logits"

@@ -128,7 +128,8 @@ def convert(src, out_dir, quant: str = "q4", force: bool = False, all_logits: bo
             max_seq_len: int | None = None, progress: bool = True, zero_points: str = "default") -> Path:
     """Convert `src` into the model folder `out_dir` (model.onnx, model.onnx.data, tokenizer.json, edgeai.json).
     zero_points: where exact GGUF Q4_1 mappings put their zero points ("default": faster decode; "per-block":
-    slightly closer to the source), see convert.quantize.from_block_quantized."""
+    slightly closer to the source), or "symmetric": re-quantize every weight, the q4 head too, to symmetric
+    blocks (ONNX Runtime GenAI's form: faster still, lossy), see convert.quantize."""
     if quant not in QUANTS:
         raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
     if zero_points not in ZERO_POINTS:

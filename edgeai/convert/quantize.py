@@ -20,6 +20,10 @@ Mappings (`map_linear`):
     under q8 a Q4_1 source keeps its codes in 8-bit storage (B = q + 120, zp 128: same values, same mins term).
     float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
                               small per-block range-shrink search that minimises squared error (4-bit).
+    zero_points="symmetric" -> every weight, of any source, re-quantized to symmetric blocks at the default
+                              zero point (quantize_symmetric; under q4 the LM head too): ONNX Runtime GenAI's
+                              form. No offsets, no zero points, a 4-bit head: faster, and lossy (a Q4_1 source
+                              is quantized twice).
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ import numpy as np
 from .weights import BlockQuantized, Tensor, as_float
 
 BLOCK = 32
-ZERO_POINTS = ("default", "per-block")  # how exact GGUF Q4_1 mappings place their zero points (see below)
+# How 4-bit weights place their zero points (see from_block_quantized): "default" and "per-block" keep GGUF
+# Q4_1 codes exactly; "symmetric" re-quantizes every weight around the default zero point (lossy, faster).
+ZERO_POINTS = ("default", "per-block", "symmetric")
 
 
 @dataclass
@@ -161,6 +167,33 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | No
                        zp.astype(np.uint8), None, block, "rtn")
 
 
+def quantize_symmetric(w: np.ndarray, bits: int, block: int = BLOCK) -> NBitsWeight:
+    """Symmetric round-to-nearest per block around the kernel's default zero point (no zero_points input).
+
+    The codes run from -zp to zp - 1, one step further below zero than above, so a block whose largest |w| is
+    positive takes a negative scale and keeps that extreme at code -zp, as ONNX Runtime's int4 quantizer
+    does; each block also tries a few smaller scales (to 70%) and keeps the one with the least squared error."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    assert k % block == 0, f"K={k} is not a multiple of the block size {block}"
+    zp = default_zero_point(bits)
+    wb = w.reshape(n, k // block, block)
+    extreme = np.take_along_axis(wb, np.abs(wb).argmax(-1)[..., None], -1)[..., 0]
+    best = None
+    for shrink in np.linspace(1.0, 0.7, 13):
+        scale = np.where(extreme != 0, extreme * shrink / -zp, 1.0).astype(np.float32)
+        q = np.clip(np.round(wb / scale[..., None]) + zp, 0, 2 * zp - 1)
+        err = (((q - zp) * scale[..., None] - wb) ** 2).sum(-1)
+        if best is None:
+            best = [err, scale, q]
+        else:
+            m = err < best[0]
+            best = [np.where(m, err, best[0]), np.where(m, scale, best[1]), np.where(m[..., None], q, best[2])]
+    _, scale, q = best
+    return NBitsWeight(bits, q.reshape(n, k).astype(np.uint8), scale.astype(np.float32),
+                       np.full(scale.shape, zp, np.uint8), None, block, "symmetric")
+
+
 def default_zero_point(bits: int) -> int:
     """The zero point MatMulNBits assumes when the graph gives none."""
     return 1 << (bits - 1)
@@ -218,8 +251,8 @@ def from_block_quantized(t: BlockQuantized, bits: int | None = None, zero_points
     input: the faster kernel path); "per-block" uses the integer zero point nearest -m/d of each block, which
     leaves smaller offsets, hence a slightly closer product (mean KL 0.0031 instead of 0.0040 for SmolLM2),
     at the cost of a zero_points input (8-12% slower decode steps on an AVX2 CPU)."""
-    if zero_points not in ZERO_POINTS:
-        raise ValueError(f"zero_points must be one of {', '.join(ZERO_POINTS)}, not {zero_points!r}")
+    if zero_points not in ZERO_POINTS[:2]:
+        raise ValueError(f"exact block mappings take zero_points default or per-block, not {zero_points!r}")
     rows, cols = t.q.shape
     nb = cols // t.block_size
     if t.kind == "q4_1":
@@ -247,9 +280,12 @@ def map_linear(t: Tensor, quant: str, zero_points: str = "default"):
 
     q4: Q4_1 and Q8_0 sources map exactly; float sources are quantized to 4 bits.
     q8: Q8_0 and Q4_1 map exactly (8-bit storage); float sources are quantized to 8 bits (near lossless).
+    zero_points="symmetric": any source is re-quantized symmetrically (4 or 8 bits).
     """
     if quant == "fp32":
         return as_float(t)
+    if zero_points == "symmetric":
+        return quantize_symmetric(as_float(t), 4 if quant == "q4" else 8)
     if isinstance(t, BlockQuantized):  # exact; under q8 Q4_1 codes are stored in 8 bits (same values)
         return from_block_quantized(t, bits=4 if quant == "q4" and t.kind == "q4_1" else 8, zero_points=zero_points)
     return quantize_rtn(as_float(t), 4 if quant == "q4" else 8)
@@ -264,12 +300,25 @@ def map_group(tensors: list, quant: str, zero_points: str = "default"):
     parts = [map_linear(t, quant, zero_points) for t in tensors]
     if quant == "fp32":
         return np.concatenate(parts, axis=0)
-    if len({p.bits for p in parts}) > 1:
+    if len({p.bits for p in parts}) > 1:  # (never under "symmetric": one bit width for all)
         if all(isinstance(t, BlockQuantized) for t in tensors):  # e.g. Q4_1 + Q8_0: all exact in 8 bits
             parts = [from_block_quantized(t, bits=8, zero_points=zero_points) for t in tensors]
         else:
             parts = [quantize_rtn(as_float(t), 4 if quant == "q4" else 8) for t in tensors]
     return concat(parts)
+
+
+def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBitsWeight:
+    """The LM head's form (t: lm_head.weight, or the embedding table of a tied head).
+
+    8-bit, exact from GGUF blocks: the head is the most sensitive weight (a 4-bit head re-quantized from
+    SmolLM2's Q8_0 table raised GPL-3 perplexity x1.09). Only the symmetric q4 form re-quantizes it to
+    4 bits, as ONNX Runtime GenAI does."""
+    if zero_points == "symmetric" and quant == "q4":
+        return quantize_symmetric(as_float(t), 4)
+    if isinstance(t, BlockQuantized):  # a Q4_1 head keeps its 4-bit codes and mins
+        return from_block_quantized(t, zero_points="default" if zero_points == "symmetric" else zero_points)
+    return map_linear(t, "q8")
 
 
 def embedding_q8(t: Tensor) -> NBitsWeight:
@@ -308,7 +357,7 @@ def effective_source(source, quant: str, zero_points: str = "default"):
             out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant, zero_points))
     out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
     if "lm_head.weight" in t:
-        h = t["lm_head.weight"]
-        out["lm_head.weight"] = as_graph(from_block_quantized(h) if isinstance(h, BlockQuantized)
-                                         else map_linear(h, "q8"))
+        out["lm_head.weight"] = as_graph(lm_head_weight(t["lm_head.weight"], quant, zero_points))
+    elif zero_points == "symmetric" and quant == "q4":  # the tied head gets its own 4-bit copy
+        out["lm_head.weight"] = lm_head_weight(t["model.embed_tokens.weight"], quant, zero_points).dequantize()
     return replace(source, tensors=out)

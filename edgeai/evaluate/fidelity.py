@@ -61,10 +61,12 @@ def ensure_all_logits(model, build: bool = True, progress: bool = True) -> Path:
         raise FileNotFoundError(f"{folder} returns last-position logits only and its source ({src}) is not here "
                                 f"to build an all-logits twin; convert one with `edgeai convert SRC OUT "
                                 f"--quant {quant} --all-logits`")
-    # The folder's own graph digest is in the key: a re-converted model (new builder) gets a new twin.
+    # The folder's own graph and weight digests are in the key: a re-converted model (new builder, or new
+    # weights in the same graph) gets a new twin.
+    files = m.get("files") or {}
     key = hashlib.sha256(json.dumps([(m.get("source") or {}).get("sha256") or str(src), quant, zero_points,
                                      graph.get("max_seq_len"), graph.get("accuracy_level"),
-                                     (m.get("files") or {}).get("model.onnx")],
+                                     files.get("model.onnx"), files.get("model.onnx.data")],
                                     sort_keys=True).encode()).hexdigest()[:10]
     out = paths.cache_dir() / "eval" / f"{folder.name}-all-logits-{key}"
     if (out / "edgeai.json").is_file():
