@@ -170,9 +170,9 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | No
 def quantize_symmetric(w: np.ndarray, bits: int, block: int = BLOCK) -> NBitsWeight:
     """Symmetric round-to-nearest per block around the kernel's default zero point (no zero_points input).
 
-    The codes run from -zp to zp - 1, one step further below zero than above, so a block whose largest |w| is
-    positive takes a negative scale and keeps that extreme at code -zp, as ONNX Runtime's int4 quantizer
-    does; each block also tries a few smaller scales (to 70%) and keeps the one with the least squared error."""
+    The codes run from -zp to zp - 1, one step further below zero than above, so each block's scale takes
+    the sign that puts its largest |w| on the long end, exactly (stored code 0); each block also tries a few
+    smaller scales (to 70%) and keeps the one with the least squared error."""
     w = np.asarray(w, dtype=np.float32)
     n, k = w.shape
     assert k % block == 0, f"K={k} is not a multiple of the block size {block}"
