@@ -132,6 +132,16 @@ def unpack_zero_points(packed: np.ndarray, n: int, nb: int, bits: int) -> np.nda
 
 # ---------------------------------------------------------------------------------------------- quantizers
 
+def _keep_better(best, err, *arrays):
+    """Per block, keep (err, *arrays) where err beats best's (the search loops of the quantizers). Arrays
+    shaped like err hold one value per block; longer ones (the codes) one row of values per block."""
+    if best is None:
+        return [err, *arrays]
+    m = err < best[0]
+    return [np.where(m.reshape(m.shape + (1,) * (new.ndim - m.ndim)), new, old)
+            for new, old in zip([err, *arrays], best)]
+
+
 def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | None = None) -> NBitsWeight:
     """Asymmetric round-to-nearest per block with integer zero points.
 
@@ -154,14 +164,7 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int = BLOCK, search: bool | No
         zp = np.clip(np.round(-lo / scale), 0, qmax)
         q = np.clip(np.round(wb / scale[..., None]) + zp[..., None], 0, qmax)
         err = (((q - zp[..., None]) * scale[..., None] - wb) ** 2).sum(-1)
-        if best is None:
-            best = [err, scale, zp, q]
-        else:
-            m = err < best[0]
-            best[0] = np.where(m, err, best[0])
-            best[1] = np.where(m, scale, best[1])
-            best[2] = np.where(m, zp, best[2])
-            best[3] = np.where(m[..., None], q, best[3])
+        best = _keep_better(best, err, scale, zp, q)
     _, scale, zp, q = best
     return NBitsWeight(bits, q.reshape(n, k).astype(np.uint8), scale.astype(np.float32),
                        zp.astype(np.uint8), None, block, "rtn")
@@ -184,11 +187,7 @@ def quantize_symmetric(w: np.ndarray, bits: int, block: int = BLOCK) -> NBitsWei
         scale = np.where(extreme != 0, extreme * shrink / -zp, 1.0).astype(np.float32)
         q = np.clip(np.round(wb / scale[..., None]) + zp, 0, 2 * zp - 1)
         err = (((q - zp) * scale[..., None] - wb) ** 2).sum(-1)
-        if best is None:
-            best = [err, scale, q]
-        else:
-            m = err < best[0]
-            best = [np.where(m, err, best[0]), np.where(m, scale, best[1]), np.where(m[..., None], q, best[2])]
+        best = _keep_better(best, err, scale, q)
     _, scale, q = best
     return NBitsWeight(bits, q.reshape(n, k).astype(np.uint8), scale.astype(np.float32),
                        np.full(scale.shape, zp, np.uint8), None, block, "symmetric")
@@ -311,7 +310,8 @@ def map_group(tensors: list, quant: str, zero_points: str = "default"):
 def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBitsWeight:
     """The LM head's form (t: lm_head.weight, or the embedding table of a tied head).
 
-    8-bit, exact from GGUF blocks: the head is the most sensitive weight (a 4-bit head re-quantized from
+    Exact from GGUF blocks (Q8_0 in 8 bits, Q4_1 keeps its codes), 8-bit from float weights: the head is the
+    most sensitive weight (a 4-bit head re-quantized from
     SmolLM2's Q8_0 table raised GPL-3 perplexity x1.09). Only the symmetric q4 form re-quantizes it to
     4 bits, as ONNX Runtime GenAI does."""
     if zero_points == "symmetric" and quant == "q4":
