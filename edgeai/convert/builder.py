@@ -206,7 +206,8 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
 
     accuracy_level: MatMulNBits compute precision (4: int8 activations, fast; 0: float, exact), an int or a
     dict per projection role {"qkv", "o", "gate_up", "down", "lm_head"}.
-    zero_points: "default" or "per-block" (where exact Q4_1 mappings put their zero points), or "symmetric"
+    zero_points: "default" or "per-block" (where exact mappings with mins put their zero points), "rtn" (GGUF
+    blocks re-quantized like float weights, to measure what exactness buys), or "symmetric"
     (every weight re-quantized around the default zero point, the q4 head too), see convert.quantize.
     precise_mlp_layers: layers whose gate/up projection must see float activations (massive-activation
     layers, see calibrate.py): 4-bit weights run at accuracy_level 1, 8-bit ones as a float MatMul (ORT's
@@ -245,7 +246,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         emb_name = g.init("embed_tokens.weight", as_float(emb_src))
         h = g.op("Gather", [emb_name, "input_ids"])
     else:
-        ew = embedding_q8(emb_src)
+        ew = embedding_q8(emb_src, zero_points)
         h, qb, sc, gathered = _quantized_embedding(g, ew, E, head_shares)
         head_info["embedding"] = f"8-bit rows gathered and dequantized in-graph ({ew.origin})"
 

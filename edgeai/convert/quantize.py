@@ -40,7 +40,9 @@ from .weights import BlockQuantized, Tensor, as_float
 BLOCK = 32
 # How 4-bit weights place their zero points (see from_block_quantized): "default" and "per-block" keep GGUF
 # Q4_1 codes exactly; "symmetric" re-quantizes every weight around the default zero point (lossy, faster).
-ZERO_POINTS = ("default", "per-block", "symmetric")
+# "rtn" dequantizes GGUF blocks and re-quantizes them per block (round to nearest, integer zero points):
+# the path K-quant files took before their exact import, kept to measure what exactness buys.
+ZERO_POINTS = ("default", "per-block", "symmetric", "rtn")
 
 
 @dataclass
@@ -285,13 +287,14 @@ def map_linear(t: Tensor, quant: str, zero_points: str = "default"):
     q4: GGUF block tensors map exactly (4- or 8-bit storage by their code width); float sources are quantized
         to 4 bits.
     q8: GGUF block tensors map exactly in 8-bit storage; float sources are quantized to 8 bits (near lossless).
-    zero_points="symmetric": any source is re-quantized symmetrically (4 or 8 bits).
+    zero_points="symmetric": any source is re-quantized symmetrically (4 or 8 bits); "rtn": any source is
+    re-quantized like a float weight.
     """
     if quant == "fp32":
         return as_float(t)
     if zero_points == "symmetric":
         return quantize_symmetric(as_float(t), 4 if quant == "q4" else 8)
-    if isinstance(t, BlockQuantized):  # exact; under q8 4-bit codes are stored in 8 bits (same values)
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact; under q8 4-bit codes are stored in 8 bits (same values)
         return from_block_quantized(t, bits=None if quant == "q4" else 8, zero_points=zero_points)
     return quantize_rtn(as_float(t), 4 if quant == "q4" else 8)
 
@@ -331,14 +334,14 @@ def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBits
     4 bits, as ONNX Runtime GenAI does."""
     if zero_points == "symmetric" and quant == "q4":
         return quantize_symmetric(as_float(t), 4)
-    if isinstance(t, BlockQuantized):  # exact: a 4-bit head (Q4_K, Q4_1) keeps its codes and mins
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact: a 4-bit head keeps its codes and mins
         return from_block_quantized(t, zero_points="default" if zero_points == "symmetric" else zero_points)
     return map_linear(t, "q8")
 
 
-def embedding_q8(t: Tensor) -> NBitsWeight:
+def embedding_q8(t: Tensor, zero_points: str = "default") -> NBitsWeight:
     """8-bit block form of the embedding table [vocab, hidden] (shared with a tied LM head)."""
-    if isinstance(t, BlockQuantized):  # exact; 4-bit codes stored one per byte so rows gather simply
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact; 4-bit codes stored one per byte so rows gather simply
         return from_block_quantized(t, bits=8)
     return quantize_rtn(as_float(t), 8)
 
@@ -370,7 +373,7 @@ def effective_source(source, quant: str, zero_points: str = "default"):
                 out[p + n + ".weight"] = part
         for n in ("self_attn.o_proj", "mlp.down_proj"):
             out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant, zero_points))
-    out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
+    out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"], zero_points).dequantize()
     if "lm_head.weight" in t:
         out["lm_head.weight"] = as_graph(lm_head_weight(t["lm_head.weight"], quant, zero_points))
     elif zero_points == "symmetric" and quant == "q4":  # the tied head gets its own 4-bit copy
