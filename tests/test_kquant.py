@@ -89,9 +89,8 @@ def test_k_quant_graph_is_exact(tmp_path, tiny_llm):
     assert "layers.1.qkv_proj.part1" in attrs  # Q4_K q/k + Q5_0 v: 4-bit run, 8-bit run
     assert attrs["lm_head"]["bits"] == 8 and attrs["lm_head"]["block_size"] == 16
     assert "8-bit q6_k block 16" in info["quant"]["projections"] and "4-bit q4_k" in info["quant"]["projections"]
-    # the Q4_K embedding rows are gathered exactly
-    emb = as_float(s.tensors["model.embed_tokens.weight"])
-    assert np.array_equal(Q.embedding_q8(s.tensors["model.embed_tokens.weight"]).dequantize(), emb)
+    # the Q4_K embedding keeps its codes packed in 4 bits (gathered rows are unpacked in the graph)
+    assert info["quant"]["embedding"].startswith("4-bit") and any(n.op_type == "BitShift" for n in m.graph.node)
 
 
 def test_k_quant_conversion_end_to_end(tmp_path, tiny_llm):

@@ -339,10 +339,11 @@ def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBits
     return map_linear(t, "q8")
 
 
-def embedding_q8(t: Tensor, zero_points: str = "default") -> NBitsWeight:
-    """8-bit block form of the embedding table [vocab, hidden] (shared with a tied LM head)."""
-    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact; 4-bit codes stored one per byte so rows gather simply
-        return from_block_quantized(t, bits=8)
+def embedding_table(t: Tensor, zero_points: str = "default") -> NBitsWeight:
+    """Block form of the embedding table [vocab, hidden] (shared with a tied LM head): GGUF blocks exactly, in 4
+    bits for 4-bit codes (the builder unpacks the gathered rows), float tables quantized to 8 bits."""
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":
+        return from_block_quantized(t)
     return quantize_rtn(as_float(t), 8)
 
 
@@ -373,7 +374,7 @@ def effective_source(source, quant: str, zero_points: str = "default"):
                 out[p + n + ".weight"] = part
         for n in ("self_attn.o_proj", "mlp.down_proj"):
             out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant, zero_points))
-    out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"], zero_points).dequantize()
+    out["model.embed_tokens.weight"] = embedding_table(t["model.embed_tokens.weight"], zero_points).dequantize()
     if "lm_head.weight" in t:
         out["lm_head.weight"] = as_graph(lm_head_weight(t["lm_head.weight"], quant, zero_points))
     elif zero_points == "symmetric" and quant == "q4":  # the tied head gets its own 4-bit copy
