@@ -8,6 +8,7 @@ top ids are "[PAD...]" placeholders, as in the real file. No merges: text encode
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -25,6 +26,7 @@ def fragment_ids(vocab: dict, data: bytes) -> int:
     return vocab["".join(a[b] for b in data)]
 
 
+@functools.lru_cache(maxsize=2)
 def make_wide_tokenizer_json(seed: int = 0) -> str:
     a = _byte_alphabet()
     pieces = list(a) + [a[x] + a[y] for x in range(256) for y in range(256)]
