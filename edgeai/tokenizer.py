@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
-
 # Tokens that end a turn, by their text: llama.cpp's end-of-generation list (llama-vocab.cpp). They end
 # generation when the vocabulary has them as special tokens, besides the ones the source names itself.
 END_OF_GENERATION_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>",
@@ -95,6 +93,9 @@ class Tokenizer:
                             **variables) -> str:
         """[{"role", "content"}, ...] -> prompt text, byte-identical to transformers' apply_chat_template(...,
         tokenize=False). Raises ChatTemplateError (a ValueError) naming what the template refused."""
+        # imported here: jinja2 pulls in hashlib (OpenSSL, 3.5 MB resident), which plain generation never needs
+        from .chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
+
         if self._compiled is None:
             template = self.chat_template
             if template is None:
