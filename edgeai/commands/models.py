@@ -59,11 +59,12 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument("--all-logits", action="store_true", help="output logits for every position (evaluation)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context length (default: the model's)")
-    p.add_argument("--zero-points", choices=["default", "per-block", "symmetric"], default="default",
-                   help="GGUF Q4_1 weights keep their codes, around MatMulNBits' default zero point (default) "
-                        "or with a zero point per block (slightly closer to the source; 8-12%% slower decode "
-                        "steps); symmetric re-quantizes every weight, the q4 LM head too, around the default "
-                        "zero point (ONNX Runtime GenAI's form: faster prefill and decode, lossy)")
+    p.add_argument("--zero-points", choices=["default", "per-block", "symmetric", "rtn"], default="default",
+                   help="GGUF weights keep their codes, around MatMulNBits' default zero point (default) "
+                        "or, for types with mins, with a zero point per block (slightly closer to the source; "
+                        "8-12%% slower decode steps); symmetric re-quantizes every weight, the q4 LM head too, "
+                        "around the default zero point (ONNX Runtime GenAI's form: faster prefill and decode, "
+                        "lossy); rtn re-quantizes GGUF blocks like float weights (to measure what exactness buys)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("models", help="list known models and which are cached")

@@ -15,7 +15,7 @@ from typing import List, Sequence
 import numpy as np
 
 from .rope import inv_freq
-from .weights import SourceModel, as_float
+from .weights import SourceModel, as_float, rows_as_float
 
 
 def _rms(x, g, eps):
@@ -36,7 +36,7 @@ def mlp_activation_peaks(source: SourceModel, token_ids: Sequence[int]) -> List[
     ids = np.asarray(token_ids, dtype=np.int64)
     s = len(ids)
     pos = np.arange(s, dtype=np.float32)
-    h = as_float(t["model.embed_tokens.weight"])[ids]
+    h = rows_as_float(t["model.embed_tokens.weight"], ids)
     group = c.num_heads // c.num_kv_heads
     causal = np.tril(np.ones((s, s), bool))
     peaks = []
