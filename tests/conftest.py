@@ -54,6 +54,27 @@ def find_real_source(name, wheels=True):
     return None
 
 
+def find_qwen05_gguf():
+    """The real Qwen2.5-Coder-0.5B-Instruct GGUF if at hand: $EDGEAI_QWEN_GGUF, else edgeai's own cache (what
+    `edgeai pull qwen2.5-coder-0.5b` keeps, checked like any cached source)."""
+    import os
+    from pathlib import Path
+
+    p = os.environ.get("EDGEAI_QWEN_GGUF")
+    if p and Path(p).is_file():
+        return Path(p)
+    found = find_real_source("qwen2.5-coder-0.5b", wheels=False)
+    return found[1] if found else None
+
+
+@pytest.fixture(scope="session")
+def qwen05_gguf():
+    p = find_qwen05_gguf()
+    if p is None:
+        pytest.skip("Qwen2.5-Coder-0.5B GGUF not found (set EDGEAI_QWEN_GGUF or `edgeai pull qwen2.5-coder-0.5b`)")
+    return p
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     p = find_smollm2_gguf()

@@ -1,37 +1,17 @@
 """The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M file (marked `qwen`: skipped unless the file is at hand).
 
-Looked for in $EDGEAI_QWEN_GGUF, edgeai's cache (what `edgeai pull qwen2.5-coder-0.5b` keeps) and /work/dl/gguf.
+Looked for in $EDGEAI_QWEN_GGUF and edgeai's cache (what `edgeai pull qwen2.5-coder-0.5b` keeps).
 transformers' own GGUF reader dequantizes the file independently of ours, so greedy parity checks our block
 unpacking, our graph and our tokenizer together.
 """
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-from edgeai import paths
 
 pytestmark = pytest.mark.qwen
 SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
-def find_qwen05_gguf():
-    cands = [os.environ.get("EDGEAI_QWEN_GGUF")]
-    cands += sorted((paths.cache_dir() / "sources" / "qwen2.5-coder-0.5b").glob("*.gguf"))
-    cands += [Path("/work/dl/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")]
-    return next((Path(p) for p in cands if p and Path(p).is_file()), None)
-
-
-@pytest.fixture(scope="module")
-def qwen_gguf():
-    p = find_qwen05_gguf()
-    if p is None:
-        pytest.skip("Qwen2.5-Coder-0.5B GGUF not found (set EDGEAI_QWEN_GGUF)")
-    return p
-
-
-def test_qwen05_reads_exactly(qwen_gguf):
+def test_qwen05_reads_exactly(qwen05_gguf):
     """Metadata as the model card says; every block tensor decodes bit for bit like gguf's own dequantization."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -39,13 +19,13 @@ def test_qwen05_reads_exactly(qwen_gguf):
     from edgeai.convert.gguf_source import load_gguf
     from edgeai.convert.weights import BlockQuantized
 
-    s = load_gguf(qwen_gguf, with_sha256=False)
+    s = load_gguf(qwen05_gguf, with_sha256=False)
     c = s.config
     assert (c.architecture, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size) == \
         ("qwen2", 24, 896, 14, 2, 151936)
     assert c.attention_bias and not c.tie_word_embeddings and c.rope_theta == 1e6
     kinds = {}
-    reader = GGUFReader(str(qwen_gguf), "r")
+    reader = GGUFReader(str(qwen05_gguf), "r")
     for t in sorted(reader.tensors, key=lambda t: int(t.n_elements)):  # the smallest tensor of each kind
         if len(t.shape) != 2 or t.tensor_type.name in kinds:
             continue
@@ -61,15 +41,15 @@ def test_qwen05_reads_exactly(qwen_gguf):
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_qwen05_fp32_greedy_matches_transformers(qwen_gguf, tmp_path):
+def test_qwen05_fp32_greedy_matches_transformers(qwen05_gguf, tmp_path):
     """Greedy tokens of our fp32 folder equal transformers' on the same GGUF (its own reader), chat prompts."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import edgeai
     from edgeai.convert.pipeline import convert
 
-    folder = convert(qwen_gguf, tmp_path / "fp32", quant="fp32", max_seq_len=512, progress=False)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(qwen_gguf.parent), gguf_file=qwen_gguf.name,
+    folder = convert(qwen05_gguf, tmp_path / "fp32", quant="fp32", max_seq_len=512, progress=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(qwen05_gguf.parent), gguf_file=qwen05_gguf.name,
                                                            torch_dtype=torch.float32).eval()
     with edgeai.LLM(folder, threads=2, prompt_cache=False) as llm:
         for q in ["Write a Python function that reverses a string.", "What does `os.path.join` do?",

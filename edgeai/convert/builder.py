@@ -152,8 +152,9 @@ def _quantized_embedding(g: _Graph, ew: NBitsWeight, src, hidden: int, head_shar
 
 
 def _rope_cache(cfg, max_seq_len):
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
-    ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv[None, :]
+    from .rope import inv_freq
+
+    ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv_freq(cfg)[None, :]
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 

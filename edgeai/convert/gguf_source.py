@@ -304,11 +304,27 @@ def load_gguf(path, name: str | None = None, with_sha256: bool = True) -> Source
     except (TypeError, ValueError) as exc:
         raise ValueError(f"GGUF {path} lacks model metadata ({exc})") from exc
 
-    # Rope scaling (Llama 3.1 rope_freqs, YaRN, linear) changes positions; the builder does not model it,
-    # so refuse rather than convert a model that would silently go wrong on long inputs.
+    # Rope scaling (convert/rope.py). Llama 3.x files carry theirs as rope_freqs.weight (per-frequency divisors,
+    # llama.cpp's form of the llama3 scaling); linear scaling is a factor. YaRN and the rest change more than
+    # the frequencies: refuse rather than convert a model that would silently go wrong on long inputs.
     scaling = meta("rope.scaling.type")
-    if (scaling and scaling != "none") or any(t.name == "rope_freqs.weight" for t in reader.tensors):
-        raise ValueError(f"GGUF {path} uses rope scaling ({scaling or 'rope_freqs'}), which is not supported")
+    if scaling == "linear":
+        from .rope import rope_scaling_from_hf
+        try:
+            cfg.rope_scaling = rope_scaling_from_hf({"rope_type": "linear", "factor": meta("rope.scaling.factor")})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"GGUF {path}: bad rope scaling ({exc})") from exc
+    elif scaling and scaling != "none":
+        raise ValueError(f"GGUF {path} uses rope scaling {scaling!r}, which is not supported "
+                         f"(supported: llama3 rope_freqs, linear)")
+    freqs = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
+    if freqs:
+        f = np.asarray(freqs[0].data, dtype=np.float32).reshape(-1)
+        if f.size != head_dim // 2 or not np.all(np.isfinite(f) & (f > 0)):
+            raise ValueError(f"GGUF {path}: rope scaling tensor rope_freqs.weight has {f.size} factors "
+                             f"(the model needs {head_dim // 2} positive ones)")
+        cfg.rope_freq_factors = [float(x) for x in f]
+        reader.tensors = [t for t in reader.tensors if t.name != "rope_freqs.weight"]  # consumed: not a weight
     unknown = [t.name for t in reader.tensors if hf_name(t.name) is None]
     if unknown:
         raise ValueError(f"GGUF {path} has tensors this reader does not know: {', '.join(unknown[:5])}")

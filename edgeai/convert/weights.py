@@ -32,6 +32,12 @@ class LlamaConfig:
     tie_word_embeddings: bool = True
     attention_bias: bool = False  # Qwen2 has q/k/v biases
     architecture: str = "llama"
+    # Rope scaling (see convert/rope.py): {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}; None for plain RoPE.
+    rope_scaling: Optional[dict] = None
+    # Per-frequency divisors of the rotary frequencies (a GGUF's rope_freqs.weight, llama.cpp's form of the
+    # llama3 scaling), head_dim // 2 floats; None when the source has none.
+    rope_freq_factors: Optional[list] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
