@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import socket
 import sys
+import threading
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +59,11 @@ def serve(server, host: str = "127.0.0.1", port: int = 8080, shutdown_timeout: f
     announce.flush()
     config = uvicorn.Config(server.app(), log_level="warning", timeout_graceful_shutdown=shutdown_timeout,
                             lifespan="off", access_log=False)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn handles SIGTERM/SIGINT while serving and re-raises them, to the handlers found before it
+        # started, once it has shut down; a shutdown we completed is a normal exit, so those handlers do nothing.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
