@@ -239,6 +239,8 @@ def test_unknown_model_is_404(client):
 @pytest.mark.parametrize("kw,param", [({"temperature": 5}, "temperature"), ({"n": 0}, "n"),
                                       ({"top_logprobs": 3}, "top_logprobs"),
                                       ({"extra_body": {"tools_x": 1}}, "tools_x"),
+                                      ({"logit_bias": {"99999": 1}}, "logit_bias"),
+                                      ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
                                       ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role")])
 def test_bad_parameter_is_400_naming_it(client, kw, param):
     args = {"model": "tiny", "messages": MSG, **kw}

@@ -32,6 +32,8 @@ from .scheduler import Executor, Job, Scheduler
 # `edgeai ask`'s anti-loop setting (edgeai/commands/retrieval.py): a penalty over the last 64 tokens only
 ASK_EXTRA = {"repetition_penalty": 1.1, "penalty_last_n": 64}
 MAX_EMBED_INPUTS = 256
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embeddings",
+             "/v1/ask": "ask", "/v1/feedback": "feedback", "/v1/models": "models"}
 
 
 @dataclass
@@ -319,6 +321,10 @@ class EdgeServer:
 
     def _run(self, req: GenRequest, served, prompts: List[List[int]], endpoint: str, prompt_text: str,
              param: str, extra: Optional[dict] = None) -> "_Run":
+        vocab = served.llm.tokenizer.vocab_size
+        if req.logit_bias and max(req.logit_bias) >= vocab:
+            raise bad_param("logit_bias", f"logit_bias names token {max(req.logit_bias)}, but this model's "
+                                          f"vocabulary has {vocab} tokens")
         ctx = served.context_length
         budgets = []
         for ids in prompts:
@@ -342,7 +348,7 @@ class EdgeServer:
 
     async def on_api_error(self, request, exc: APIError):
         """Every refused request is counted and logged too (status, error, no tokens)."""
-        endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1] or "/"
+        endpoint = ENDPOINTS.get(request.url.path.rstrip("/"), request.url.path)
         await self.record({"id": "err-" + secrets.token_hex(12), "endpoint": endpoint, "error": exc.message}, exc.status)
         return _json_error(exc)
 
@@ -470,12 +476,16 @@ class _Run:
         cancels them. Logs the request; raises the first choice's error."""
         if not self.replay():
             self.start()
+            gone = False
             while self.pending:
                 try:
                     await self.next_event(timeout=0.5)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
+                    if not gone and await request.is_disconnected():
+                        gone = True
                         self.cancel()
+            if gone:
+                await self._log(status=499)
         await self._log()
         if self.error is not None:
             raise self.error

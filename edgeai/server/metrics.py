@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-SPEED_BUCKETS = (1, 2, 5, 10, 20, 40, 80, 160, 320, 640)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
 
 def _labels(pairs) -> str:

@@ -168,13 +168,14 @@ class Scheduler:
         while not self._watchdog_stop.wait(WATCHDOG_S):
             now = time.monotonic()
             for q in self.queues.values():
+                # Under the queue's lock no worker can start its next job, so `stop` reaches this job's
+                # generation (or an idle engine, where a stale cancel is cleared when the next one starts).
                 with q.cond:
-                    running = list(q.running)
-                for job in running:
-                    if not job.cancelled and now > job.deadline:
-                        job.cancel("timeout")
-                    if job.cancelled:
-                        q.executor.stop(job)
+                    for job in q.running:
+                        if not job.cancelled and now > job.deadline:
+                            job.cancel("timeout")
+                        if job.cancelled:
+                            q.executor.stop(job)
 
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel queued and running ones, wait for the workers."""
