@@ -373,7 +373,9 @@ def test_request_log_feedback_and_golden_export(srv, client, tmp_path, eos):
     case = dict(cases[0])
     assert case["expect"] == {"exact": good.choices[0].message.content}
     chat = tmp_path / "chat.jsonl"
-    export_feedback(srv.server.config.log_path, chat, min_rating=1, fmt="chat")
+    from edgeai.cli import main
+    assert main(["feedback", "export", "--log", srv.server.config.log_path, "--min-rating", "1", "--format", "chat",
+                 str(chat)]) == 0
     convo = [json.loads(x) for x in chat.read_text().splitlines()]
     assert len(convo) == 2 and convo[0]["messages"][-1] == {"role": "assistant",
                                                             "content": good.choices[0].message.content}

@@ -354,7 +354,7 @@ class EdgeServer:
 
 
 class _Guard:
-    """API key check (all but /health), OpenAI-shaped errors for APIError, in-flight gauge."""
+    """API key check (all but /health) and the in-flight gauge."""
 
     def __init__(self, app, server: EdgeServer):
         self.app, self.server = app, server

@@ -26,25 +26,14 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..convert.tokenizer_build import _byte_alphabet
 from ..evaluate.perplexity import _log_softmax, _Session
 
 SCORE_CHUNK = 256  # prompt tokens per scoring run: bounds ONNX Runtime's activation arena
 
 
-def _byte_decoder() -> dict:
-    """GPT-2 byte-level BPE: the printable character each byte is written as, inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-_BYTES = _byte_decoder()
+# GPT-2 byte-level BPE writes byte b as the printable character _byte_alphabet()[b]: invert that table
+_BYTES = {ch: b for b, ch in enumerate(_byte_alphabet())}
 
 
 def token_bytes(tokenizer, token_id: int) -> bytes:
