@@ -281,6 +281,10 @@ def test_body_over_the_limit_is_413(srv):
     big = {"model": "tiny", "messages": [{"role": "user", "content": "x" * (3 << 20)}]}
     r = httpx.post(srv.url + "/v1/chat/completions", json=big, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    body = json.dumps(big).encode()
+    chunked = httpx.post(srv.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                         content=(body[i:i + 65536] for i in range(0, len(body), 65536)))  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
 
 
 def test_bad_json_is_400(srv):
@@ -304,6 +308,36 @@ def test_client_disconnect_cancels_at_the_next_token(srv, client, eos):
     assert 0 < row["completion_tokens"] < 900
     r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=5, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length")  # the engine serves the next request
+
+
+def test_non_streaming_client_that_goes_away_is_cancelled(srv, varied):
+    import sqlite3
+
+    db = sqlite3.connect(srv.server.config.log_path)
+    before = db.execute("SELECT COUNT(*) FROM requests WHERE status = 499 AND endpoint = 'completion'").fetchone()[0]
+    with pytest.raises(httpx.TimeoutException):  # the client gives up long before 900 tokens
+        httpx.post(srv.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=0.15,
+                   json={"model": "tiny", "prompt": "hello", "max_tokens": 900, "temperature": 1.0, "seed": 3,
+                         **varied})
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        rows = db.execute("SELECT finish_reason, completion_tokens FROM requests WHERE status = 499 AND "
+                          "endpoint = 'completion'").fetchall()
+        if len(rows) > before:
+            break
+        time.sleep(0.05)
+    assert len(rows) == before + 1
+    assert rows[-1][0] == "cancelled" and rows[-1][1] < 900
+
+
+def test_streamed_n_choices_equal_the_non_streamed_ones(client, varied):
+    kw = dict(model="tiny", messages=MSG, max_tokens=10, temperature=1.5, seed=21, n=2, **varied)
+    full = [c.message.content for c in client.chat.completions.create(**kw).choices]
+    got = ["", ""]
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            got[c.index] += c.delta.content or ""
+    assert got == full and full[0] != full[1]
 
 
 def test_full_queue_is_429_and_the_rest_complete(tiny, tmp_path, eos):

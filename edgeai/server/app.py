@@ -32,6 +32,7 @@ from .scheduler import Executor, Job, Scheduler
 # `edgeai ask`'s anti-loop setting (edgeai/commands/retrieval.py): a penalty over the last 64 tokens only
 ASK_EXTRA = {"repetition_penalty": 1.1, "penalty_last_n": 64}
 MAX_EMBED_INPUTS = 256
+DISCONNECT_POLL_S = 0.1  # a non-streaming request checks this often whether its client is still there
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embeddings",
              "/v1/ask": "ask", "/v1/feedback": "feedback", "/v1/models": "models"}
 
@@ -73,38 +74,40 @@ async def _read_json(request: Request):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over the limit, by Content-Length or as it streams in."""
+    """ASGI middleware: 413 for a request body over the limit, by Content-Length or as it streams in.
+
+    The body is read in full (it is small: JSON) before the app runs, so an oversized chunked upload is
+    refused before any handler sees it; the app then reads the body from memory, and later receive()
+    calls (disconnect checks) go to the server as usual."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
-        too_big = APIError(413, f"the request body is larger than the server's limit of {self.limit} bytes",
-                           code="request_too_large")
+        too_big = _json_error(APIError(413, f"the request body is larger than the server's limit of {self.limit} "
+                                            f"bytes", code="request_too_large"))
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _json_error(too_big)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+            return await too_big(scope, receive, send)
+        chunks, size = [], 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return msg
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_big(scope, receive, send)
+            if not msg.get("more_body"):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _json_error(too_big)(scope, receive, send)
+        async def replay():
+            return pending.pop() if pending else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class EdgeServer:
@@ -476,12 +479,15 @@ class _Run:
         cancels them. Logs the request; raises the first choice's error."""
         if not self.replay():
             self.start()
-            gone = False
+            gone, checked = False, time.monotonic()
             while self.pending:
                 try:
-                    await self.next_event(timeout=0.5)
+                    await self.next_event(timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    if not gone and await request.is_disconnected():
+                    pass
+                if not gone and time.monotonic() - checked >= DISCONNECT_POLL_S:  # tokens may never pause
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
                         gone = True
                         self.cancel()
             if gone:
@@ -623,7 +629,8 @@ class _Run:
                 self.s.metrics.inc("edgeai_completion_tokens_total", len(c.token_ids), model=self.req.model)
         if self.cache_state != "hit":
             self.s.metrics.inc("edgeai_prompt_tokens_total", usage["prompt_tokens"], model=self.req.model)
-        speeds = [c.decode_tokens_per_s for c in self.choices if c.decode_tokens_per_s]
+        hit = self.cache_state == "hit"  # a replay decodes nothing: no speed of its own
+        speeds = [c.decode_tokens_per_s for c in self.choices if c.decode_tokens_per_s and not hit]
         reasons = sorted({c.finish_reason for c in self.choices if c.finish_reason})
         await self.s.record({
             "id": self.id, "endpoint": self.endpoint, "model": self.req.model, "model_digest": self.served.digest,
