@@ -490,8 +490,9 @@ class _Run:
                     if await request.is_disconnected():
                         gone = True
                         self.cancel()
-            if gone:
+            if gone:  # logged once, as the client's; nobody reads the response
                 await self._log(status=499)
+                return
         await self._log()
         if self.error is not None:
             raise self.error
