@@ -4,7 +4,8 @@ Each client sends --requests streaming chat requests one after another (greedy, 
 different question per request) through the official `openai` client. Per level: aggregate tokens/s
 (completion tokens of all requests / wall time of the level), p50/p95 time to first token, p50/p95 gap
 between streamed tokens, and errors. Loopback only; bounded in requests (clients x requests) and in time
-(--time-limit per level: no new request starts after it).
+(--time-limit per level: no new request starts after it). A first row runs the same requests on the engine
+alone (edgeai.LLM in a child process, no HTTP), as the baseline for what the server costs.
 
 The peer is llama-cpp-python's `llama_cpp.server` on the GGUF file the edgeai model was converted from,
 started from --peer-python where that interpreter has llama_cpp (bench/peers/setup_peers.sh builds it);
@@ -131,6 +132,33 @@ def run_level(srv: Server, clients: int, requests: int, max_tokens: int, time_li
             "token_p95_ms": round(1000 * _pct(gaps, 0.95), 2) if gaps else None}
 
 
+def direct_baseline(model: str, threads: int, requests: int, max_tokens: int) -> dict:
+    """The engine alone, no server: the same requests one after another through edgeai.LLM.stream, in a
+    child process (so its memory and threads are gone before a server starts)."""
+    code = f"""
+import json, sys, time, edgeai
+qs = {QUESTIONS!r}
+llm = edgeai.LLM({model!r}, threads={threads})
+llm.chat([{{"role": "user", "content": qs[0]}}], max_new_tokens=4)
+tokens, ttft, gaps, t0 = 0, [], [], time.perf_counter()
+for i in range({requests}):
+    s, stamps = time.perf_counter(), []
+    for piece in llm.chat([{{"role": "user", "content": qs[i % len(qs)]}}], stream=True, max_new_tokens={max_tokens}):
+        stamps.append(time.perf_counter())
+    tokens += len(llm.last_generation.token_ids)
+    ttft.append(stamps[0] - s)
+    gaps += [b - a for a, b in zip(stamps, stamps[1:])]
+print(json.dumps({{"tokens": tokens, "wall": time.perf_counter() - t0, "ttft": ttft, "gaps": gaps}}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    return {"server": "engine alone", "clients": 1, "requests": requests, "errors": 0, "error_samples": [],
+            "tokens": out["tokens"], "wall_s": round(out["wall"], 3), "tok_per_s": round(out["tokens"] / out["wall"], 2),
+            "ttft_p50_ms": round(1000 * _pct(out["ttft"], 0.5), 1), "ttft_p95_ms": round(1000 * _pct(out["ttft"], 0.95), 1),
+            "token_p50_ms": round(1000 * _pct(out["gaps"], 0.5), 2),
+            "token_p95_ms": round(1000 * _pct(out["gaps"], 0.95), 2)}
+
+
 def peer_available(python) -> bool:
     if not python or not os.path.exists(python):
         return False
@@ -173,7 +201,8 @@ def main():
         print(f"llama.cpp server: not run (needs llama_cpp in {args.peer_python} and the GGUF {gguf})",
               file=sys.stderr)
 
-    rows = []
+    rows = [direct_baseline(args.model, args.threads, args.requests, args.max_tokens)]
+    print(json.dumps(rows[-1]), file=sys.stderr)
     for i, clients in enumerate(args.clients):
         order = list(servers) if i % 2 == 0 else list(reversed(servers))
         for name in order:
@@ -185,12 +214,16 @@ def main():
                 srv.stop()
             print(json.dumps(rows[-1]), file=sys.stderr)
 
-    print(f"{'server':10} {'clients':>7} {'req':>4} {'err':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95':>8} "
+    print(f"{'server':12} {'clients':>7} {'req':>4} {'err':>4} {'tok/s':>8} {'TTFT p50':>9} {'p95':>8} "
           f"{'tok p50':>8} {'p95':>7}  (ms)")
     for r in rows:
-        print(f"{r['server']:10} {r['clients']:>7} {r['requests']:>4} {r['errors']:>4} {r['tok_per_s']:>8.1f} "
+        print(f"{r['server']:12} {r['clients']:>7} {r['requests']:>4} {r['errors']:>4} {r['tok_per_s']:>8.1f} "
               f"{r['ttft_p50_ms'] or 0:>9.0f} {r['ttft_p95_ms'] or 0:>8.0f} {r['token_p50_ms'] or 0:>8.1f} "
               f"{r['token_p95_ms'] or 0:>7.1f}")
+    alone = rows[0]["tok_per_s"]
+    for r in rows[1:]:
+        if r["clients"] == 1 and alone:
+            print(f"{r['server']}: 1 client gets x{r['tok_per_s'] / alone:.2f} the engine-alone tokens/s")
     for name in servers:
         base = next((r for r in rows if r["server"] == name and r["clients"] == 1), None)
         for r in rows:
