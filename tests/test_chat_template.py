@@ -135,9 +135,14 @@ def assert_same_as_transformers(ours: Tokenizer, theirs, conversations, **kw):
 @pytest.mark.transformers
 @pytest.mark.parametrize("template", [SMOLLM2_TEMPLATE, FEATURES_TEMPLATE], ids=["smollm2", "features"])
 def test_matches_transformers(tiny_json, template):
+    import transformers
+
     theirs = hf_tokenizer(tiny_json, template, SPECIALS)
     ours = Tokenizer(tiny_json, template, SPECIALS)
-    assert_same_as_transformers(ours, theirs, CONVERSATIONS + [FEATURES_MESSAGES])
+    features = FEATURES_MESSAGES
+    if int(transformers.__version__.split(".")[0]) < 5:  # 4.x hands a None-valued key to the template as null;
+        features = [{k: v for k, v in m.items() if v is not None} for m in features]  # 5.x drops it, as we do
+    assert_same_as_transformers(ours, theirs, CONVERSATIONS + [features])
 
 
 @pytest.mark.transformers

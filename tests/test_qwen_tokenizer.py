@@ -85,14 +85,22 @@ def test_round_trip_and_stream(tok):
 
 
 @pytest.mark.transformers
-def test_ids_match_transformers_qwen2_tokenizer(qwen, tok):
+def test_ids_match_transformers_qwen2_tokenizer(qwen, tok, tmp_path):
     """transformers' Qwen2Tokenizer builds its own pipeline (regex, NFC, byte level) from vocab and merges."""
+    import json
+
     transformers = pytest.importorskip("transformers")
     from tokenizers import AddedToken
 
     vocab = {t: i for i, t in enumerate(qwen["tokens"])}  # added tokens below then keep their ids
     merges = [tuple(m.split(" ", 1)) for m in qwen["merges"]]
-    theirs = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        theirs = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>")
+    else:  # 4.x reads them from files
+        (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(qwen["merges"]) + "\n", encoding="utf-8")
+        theirs = transformers.Qwen2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
+                                             eos_token="<|im_end|>")
     added = [AddedToken(t, special=qwen["types"][i] == 3, normalized=False)
              for i, t in enumerate(qwen["tokens"]) if qwen["types"][i] in (3, 4)]
     theirs.add_tokens(added)
