@@ -251,15 +251,19 @@ def parse_html(html: str) -> Tuple[str, List[Block]]:
     p.feed(html)
     p.close()
     p._flush()
-    parts, blocks, pos = [], [], 0
+    spans, pos = [], 0
     for level, txt in p.items:
-        if parts:
-            parts.append("\n\n")
-            pos += 2
-        blocks.append(Block(pos, pos + len(txt), level, txt if level else ""))
-        parts.append(txt)
+        pos += 2 if spans else 0  # the "\n\n" joining items
+        spans.append((pos, pos + len(txt), level, txt))
         pos += len(txt)
-    return "".join(parts), blocks
+    text = "\n\n".join(txt for _, _, _, txt in spans)
+    blocks: List[Block] = []
+    for s, e, level, txt in spans:
+        if level:
+            blocks.append(Block(s, e, level, txt))
+        else:
+            _cut(text, s, e, blocks)
+    return text, blocks
 
 
 def load_file(path) -> Document:
