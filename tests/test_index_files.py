@@ -201,3 +201,14 @@ def test_leftovers_of_killed_saves_are_cleaned(saved):
     ix.save(path)
     assert sorted(p.name for p in folder.iterdir()) == sorted([path.name, fresh_dir.name, other.name])
     assert clean_leftovers(path) == 0
+
+
+def test_stamp_roundtrip(tmp_path):
+    """The owner of the data records which state of it a saved file holds (RAG: the store's generation)."""
+    ix = small_index()
+    ix.save(tmp_path / "a.vidx", stamp={"store_generation": 7})
+    assert VectorIndex.load(tmp_path / "a.vidx").stamp == {"store_generation": 7}
+    ix.save(tmp_path / "b.vidx")
+    assert VectorIndex.load(tmp_path / "b.vidx").stamp == {}
+    with pytest.raises(TypeError):
+        ix.save(tmp_path / "c.vidx", stamp=[1])

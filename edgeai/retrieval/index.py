@@ -225,6 +225,7 @@ class VectorIndex:
         self._deleted = 0                    # slots marked deleted and reusable
         self._next_label = 0
         self._lock = RWLock()
+        self.stamp: dict = {}  # what `save(stamp=...)` recorded, after a load
         self._bind_single_search()
 
     def _bind_single_search(self) -> None:
@@ -410,7 +411,13 @@ class VectorIndex:
         return lab[order].astype(np.uint64), np.take_along_axis(d, order, 1).astype(np.float32)
 
     # --- persistence -------------------------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path, stamp: Optional[dict] = None) -> None:
+        """Write the index atomically. `stamp` (JSON) is kept in the header and comes back as `.stamp` on load:
+        the owner of the data behind the index records there which state of it the file holds."""
+        if stamp is not None:
+            json.dumps(stamp)
+            if not isinstance(stamp, dict):
+                raise TypeError("stamp must be a dict")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_leftovers(path)
@@ -426,8 +433,8 @@ class VectorIndex:
                      "metadata": [dict(self._meta[lab]) for lab in live], "next_label": self._next_label,
                      "deleted": self._deleted}
         payload = struct.pack("<Q", len(graph)) + graph + json.dumps(table, separators=(",", ":")).encode()
-        header = json.dumps({"params": self.params, "count": len(table["ids"]),
-                             "payload_len": len(payload)}).encode()
+        header = json.dumps({"params": self.params, "count": len(table["ids"]), "payload_len": len(payload),
+                             **({"stamp": stamp} if stamp else {})}).encode()
         digest = hashlib.sha256(header + payload).digest()  # covers params too, not just the graph
         tmp = _temp_file(path)
         try:
@@ -490,6 +497,9 @@ class VectorIndex:
             raise ValueError("ids must be distinct strings")
         if not all(m is None or isinstance(m, dict) for m in metas):
             raise ValueError("metadata must be objects")
+        stamp = header.get("stamp") or {}
+        if not isinstance(stamp, dict):
+            raise ValueError("stamp must be an object")
         graph = _check_graph(payload[8:8 + glen], self.dim, self.M, labels, deleted)
         graph_file = _temp_file(path)
         try:
@@ -507,5 +517,6 @@ class VectorIndex:
             self._id[lab], self._meta[lab] = i, (m or _EMPTY)
         self._label = {i: lab for lab, i in zip(labels, ids)}
         self._deleted = deleted
+        self.stamp = stamp
         self._bind_single_search()
         return self
