@@ -186,11 +186,7 @@ class LLM:
         if len(ids) <= room:
             return ids
         if gen["truncate"] == "left":
-            keep = self.context_length - gen["max_new_tokens"]
-            if keep < 1:  # no room for any of the prompt: an answer to one stray token is no answer
-                raise ValueError(f"truncate='left' keeps the last context_length - max_new_tokens prompt tokens, "
-                                 f"but max_new_tokens={gen['max_new_tokens']} leaves none of the "
-                                 f"{self.context_length} positions: lower max_new_tokens")
+            keep = max(1, self.context_length - gen["max_new_tokens"])
             return ids[-keep:]
         raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.context_length}: "
                          f"shorten it, raise context_length, or pass truncate='left'")
