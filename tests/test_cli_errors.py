@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_llm_folder
 from edgeai.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,18 +88,6 @@ def test_hints_name_only_real_extras():
     for f in (ROOT / "edgeai").rglob("*.py"):
         named |= set(re.findall(r"edgeai\[(\w+)\]", f.read_text(encoding="utf-8")))
     assert named and named <= extras, f"hints name extras that do not exist: {sorted(named - extras)}"
-
-
-def test_truncate_left_with_no_room_for_the_prompt(tmp_path):
-    import edgeai
-
-    folder = build_tiny_llm_folder(tmp_path / "m")[1]
-    with edgeai.LLM(folder, threads=1, context_length=32) as llm:
-        long_prompt = list(range(3, 60))
-        with pytest.raises(ValueError, match="leaves none of the 32 positions"):
-            llm.generate(long_prompt, max_new_tokens=32, truncate="left")
-        g = llm.generate(long_prompt, max_new_tokens=4, truncate="left")
-        assert g.prompt_tokens == 28
 
 
 # --- indexing from the command line -------------------------------------------------------------------------

@@ -43,9 +43,10 @@ from ..durable import fsync_path
 MAGIC = b"EDGEVIDX"
 FORMAT_VERSION = 1
 SPACES = ("cosine", "ip", "l2")
-MAX_M = 2048          # hnswlib keeps a neighbour count in 16 bits (level 0 holds 2*M); M=1 makes its level
-                      # multiplier 1/log(1) = inf, M=0 crashes it
-MAX_DIM = 1 << 16
+# What a loaded file may state (a forged one could state anything): hnswlib keeps a neighbour count in 16 bits
+# (level 0 holds 2*M), M=1 makes its level multiplier 1/log(1) = inf and M=0 crashes it.
+_FILE_PARAMS = {"dim": (1, 1 << 16), "M": (2, 2048), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20),
+                "seed": (0, 2 ** 63 - 1)}
 LEGACY_TEMP_AGE_S = 3600  # temp files of earlier versions carry no pid: removed once this old
 _EMPTY = MappingProxyType({})  # metadata of items added without any: one shared read-only mapping, not n dicts
 
@@ -204,11 +205,8 @@ class VectorIndex:
                  ef_search: int = 64, capacity: int = 1024, threads: int = 1, seed: int = 100):
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}")
-        for name, v, lo, hi in (("dim", dim, 1, MAX_DIM), ("M", M, 2, MAX_M), ("ef_construction", ef_construction, 1,
-                                1 << 20), ("ef_search", ef_search, 1, 1 << 20), ("capacity", capacity, 0, 1 << 32),
-                                ("threads", threads, -1, 4096), ("seed", seed, 0, 2 ** 63 - 1)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if dim < 1:
+            raise ValueError("dim must be >= 1")
         self.dim, self.space, self.M = int(dim), space, int(M)
         self.ef_construction, self.ef_search, self.seed = int(ef_construction), int(ef_search), int(seed)
         self.threads = threads
@@ -478,6 +476,12 @@ class VectorIndex:
         if len(payload) != header["payload_len"] or len(payload) < 8:
             raise ValueError("payload length")
         p = header["params"]
+        for name, (lo, hi) in _FILE_PARAMS.items():
+            v = p.get(name, 100) if name == "seed" else p[name]
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if p["space"] not in SPACES:
+            raise ValueError(f"unknown space {p['space']!r}")
         (glen,) = struct.unpack("<Q", payload[:8])
         if glen > len(payload) - 8:
             raise ValueError("graph length")
