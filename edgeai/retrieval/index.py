@@ -84,12 +84,6 @@ class RWLock:
             self._release()
 
 
-def fsync_replace(tmp: Path, target: Path) -> None:
-    """Rename an already-fsynced temp file over target, then fsync the directory so the rename is durable."""
-    os.replace(tmp, target)
-    fsync_path(target.parent)
-
-
 def _temp_file(path: Path) -> Path:
     """A new empty temp file beside `path`, named so that clean_leftovers can tell whose it is."""
     fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -198,6 +192,12 @@ def _check_graph(blob: bytes, dim: int, M: int, labels_live, n_deleted: int) -> 
     out = bytearray(blob)
     struct.pack_into("<Q", out, 8, max(count, 16))
     return bytes(out)
+
+
+def fsync_replace(tmp: Path, target: Path) -> None:
+    """Rename an already-fsynced temp file over target, then fsync the directory so the rename is durable."""
+    os.replace(tmp, target)
+    fsync_path(target.parent)
 
 
 class VectorIndex:
