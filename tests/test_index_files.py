@@ -58,6 +58,19 @@ def test_roundtrip_still_loads(saved):
     assert len(back) == len(ix) == 37
 
 
+def test_empty_and_all_deleted_indexes_load(tmp_path):
+    ix = VectorIndex(8)
+    ix.save(tmp_path / "e.vidx")
+    assert len(VectorIndex.load(tmp_path / "e.vidx")) == 0
+    ix.add(np.ones((3, 8)))
+    ix.delete(["0", "1", "2"])
+    ix.save(tmp_path / "e.vidx")
+    back = VectorIndex.load(tmp_path / "e.vidx")
+    assert len(back) == 0 and back.search(np.ones(8), k=2) == []
+    back.add(np.ones((2, 8)))
+    assert len(back.search(np.ones(8), k=2)) == 2
+
+
 def _graph_header(graph):
     return list(struct.unpack_from("<6QiI3QdQ", graph))
 

@@ -152,42 +152,54 @@ def _check_graph(blob: bytes, dim: int, M: int, labels_live, n_deleted: int) -> 
     end0 = _GRAPH_HEADER.size + count * per_el
     if end0 + 4 * count > len(blob):
         raise ValueError("graph shorter than its element table")
-    level0 = np.frombuffer(blob, np.uint8, count * per_el, _GRAPH_HEADER.size).reshape(count, per_el)
-    head = level0[:, :4].copy().view(np.uint32)[:, 0]
+    def field(offset, dtype, width):  # one field of every level-0 element: a strided view, no copy
+        if not count:
+            return np.zeros((0, width), dtype)
+        return np.ndarray((count, width), dtype, blob, _GRAPH_HEADER.size + offset, (per_el, np.dtype(dtype).itemsize))
+
+    head = field(0, np.uint32, 1)[:, 0]
     n_links, flags = head & 0xFFFF, (head >> 16) & 0xFF
     if (n_links > maxM0).any() or (head >> 24).any() or (flags & ~np.uint32(1)).any():
         raise ValueError("graph has a malformed neighbour list")
-    nbr = level0[:, 4:links0].copy().view(np.uint32)
+    nbr = field(4, np.uint32, maxM0)
     if count and (nbr[np.arange(maxM0)[None, :] < n_links[:, None]] >= count).any():
         raise ValueError("graph has a neighbour id out of range")
-    data = level0[:, data_off:label_off].copy().view(np.float32)
-    if not np.isfinite(data).all():
+    if not np.isfinite(field(data_off, np.float32, dim)).all():
         raise ValueError("graph holds a NaN or inf vector")
-    lab = level0[:, label_off:label_off + 8].copy().view(np.uint64)[:, 0]
+    lab = field(label_off, np.uint64, 1)[:, 0]
     deleted = (flags & 1).astype(bool)
     live = lab[~deleted]
     if int(deleted.sum()) != n_deleted or len(live) != len(labels_live) or len(np.unique(live)) != len(live) \
             or not np.array_equal(np.sort(live), np.sort(np.asarray(labels_live, np.uint64))):
         raise ValueError("graph labels do not match the id table")
-    pos, top = end0, -1
-    for i in range(count):  # upper levels: variable size per element
+    pos = end0
+    level = np.zeros(count, np.int64)
+    upper = []  # (element, its upper-level lists) for elements above level 0: variable size per element
+    for i in range(count):
         (size,) = struct.unpack_from("<I", blob, pos)
         pos += 4
         if size % links or pos + size > len(blob):
             raise ValueError("graph has a malformed upper-level list")
-        levels = size // links
-        if levels:
-            up = np.frombuffer(blob, np.uint32, size // 4, pos).reshape(levels, maxM + 1)
-            if ((up[:, 0] & 0xFFFF) > maxM).any() or (up[:, 0] >> 16).any():
-                raise ValueError("graph has a malformed upper-level list")
-            mask = np.arange(maxM)[None, :] < (up[:, 0] & 0xFFFF)[:, None]
-            if (up[:, 1:][mask] >= count).any():
-                raise ValueError("graph has a neighbour id out of range")
-        top = max(top, levels)
+        if size:
+            level[i] = size // links
+            upper.append((i, np.frombuffer(blob, np.uint32, size // 4, pos).reshape(size // links, maxM + 1)))
         pos += size
     if pos != len(blob):
         raise ValueError("graph has trailing bytes")
-    if count and (maxlevel != top or entry >= count) or not count and maxlevel != -1:
+    for i, up in upper:
+        n_up = up[:, 0] & 0xFFFF
+        if (n_up > maxM).any() or (up[:, 0] >> 16).any():
+            raise ValueError("graph has a malformed upper-level list")
+        mask = np.arange(maxM)[None, :] < n_up[:, None]
+        nb = up[:, 1:]
+        if (nb[mask] >= count).any():
+            raise ValueError("graph has a neighbour id out of range")
+        # A link at level l must reach an element that has level l, or hnswlib reads past that one's lists.
+        need = np.broadcast_to(np.arange(1, len(up) + 1)[:, None], nb.shape)[mask]
+        if (level[nb[mask]] < need).any():
+            raise ValueError("graph links to an element above its level")
+    top = int(level.max()) if count else -1
+    if count and (maxlevel != top or entry >= count or level[entry] != top) or not count and maxlevel != -1:
         raise ValueError("graph entry point or level is out of range")
     out = bytearray(blob)
     struct.pack_into("<Q", out, 8, max(count, 16))
