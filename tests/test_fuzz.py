@@ -6,6 +6,7 @@ derandomized (the same cases every time); `HYPOTHESIS_PROFILE=fuzz pytest tests/
 per test, new random draws each time.
 """
 import hashlib
+import os
 import json
 import struct
 
@@ -19,8 +20,8 @@ from hypothesis import strategies as st  # noqa: E402
 from conftest import SMOLLM2_TEMPLATE, write_tiny_gguf  # noqa: E402
 from edgeai.retrieval.index import MAGIC, VectorIndex  # noqa: E402
 
-PROFILE = __import__("os").environ.get("HYPOTHESIS_PROFILE", "default")
-FUZZ_EXAMPLES = 2000  # cases per test with HYPOTHESIS_PROFILE=fuzz
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+FUZZ_EXAMPLES = int(os.environ.get("EDGEAI_FUZZ_EXAMPLES", 2000))  # per test, HYPOTHESIS_PROFILE=fuzz
 settings.register_profile("default", derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile("fuzz", deadline=None,
