@@ -6,7 +6,7 @@ MODEL: a model folder or name (default smollm2-135m-q4, from the edgeai cache). 
 sizes and sampled digests is copied to a temp folder and its manifest rewritten, so the quick check is measured
 as it runs for folders converted now. Each repetition runs in a fresh process and times, in an order that rotates
 from one repetition to the next: reading the manifest alone (verify="none"), the quick check every load does
-(sizes + sampled sha256, verify="quick"), the full sha256 of `edgeai verify` (verify="full"), and `LLM(MODEL)`
+(sizes + sampled CRC-32, verify="quick"), the full sha256 of `edgeai verify` (verify="full"), and `LLM(MODEL)`
 (which includes the quick check). Page cache warm: the model was just read. Prints medians and the two costs
 as a share of the load without the check.
 """

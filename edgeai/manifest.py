@@ -4,12 +4,14 @@ A model folder holds model.onnx, model.onnx.data, tokenizer.json and edgeai.json
 architecture, KV-cache layout, graph I/O, quantization, tokenizer specials and chat template, where the weights
 came from, and a sha256 of every file, so a damaged or mismatched folder is caught before it runs.
 
-Integrity on load: every file's size, plus a sampled sha256 (SAMPLE_COUNT blocks of SAMPLE_BLOCK bytes spread
-over the file, the whole file when it is smaller than that). A full sha256 of SmolLM2 q4's 112 MB costs 10-23% of
-its load time on a 2-core box (`python bench/integrity_cost.py`), over the 5% a check on every load may cost; the
-quick check costs ~1.4% (40 ms) and still catches any damage wider than the gap between two samples (1.7 MB there).
-`edgeai verify MODEL` (load_manifest(..., verify="full")) hashes every byte. Manifests written before sizes and
-samples were recorded get the full sha256 on load.
+Integrity on load: every file's size, plus a CRC-32 of SAMPLE_COUNT blocks of SAMPLE_BLOCK bytes spread over
+the file (of the whole file when it is no larger than those blocks). A full sha256 of SmolLM2 q4's 112 MB costs
+10-23% of its load time on a 2-core box (`python bench/integrity_cost.py`), over the 5% a check on every load
+may cost; the sampled check costs well under 1% and still catches any damage wider than the gap between two
+samples (1.7 MB there). It uses zlib's CRC-32, not sha256: it looks for damage, not for forgery (the samples
+could not stop that anyway), and hashlib would load OpenSSL (3.5 MB resident) into every process that loads a
+model. `edgeai verify` (load_manifest(..., verify="full")) hashes every byte with sha256. Manifests written
+before sizes and samples were recorded get the full sha256 on load.
 
 Every file a manifest names must lie inside its folder: no absolute paths, no `..`, no symlink out.
 """
@@ -53,22 +55,22 @@ def sha256_file(path, chunk: int = 1 << 20, progress: str | None = None) -> str:
     return h.hexdigest()
 
 
-def sampled_sha256(path) -> str:
-    """sha256 over the file's size and SAMPLE_COUNT evenly spaced blocks (first and last included); over the
-    whole file when it is no larger than those blocks. Cheap enough to run on every load."""
-    import hashlib
+def sampled_crc32(path) -> str:
+    """CRC-32 (hex) over the file's size and SAMPLE_COUNT evenly spaced blocks (first and last included); over
+    the whole file when it is no larger than those blocks. Cheap enough to run on every load."""
+    import zlib
 
     size = os.path.getsize(path)
-    h = hashlib.sha256(b"edgeai sampled sha256 v1 %d\n" % size)
+    crc = zlib.crc32(b"edgeai sampled crc32 v1 %d\n" % size)
     with open(path, "rb") as f:
         if size <= SAMPLE_BLOCK * SAMPLE_COUNT:
-            h.update(f.read())
+            crc = zlib.crc32(f.read(), crc)
         else:
             span = size - SAMPLE_BLOCK
             for i in range(SAMPLE_COUNT):
                 f.seek(span * i // (SAMPLE_COUNT - 1))
-                h.update(f.read(SAMPLE_BLOCK))
-    return h.hexdigest()
+                crc = zlib.crc32(f.read(SAMPLE_BLOCK), crc)
+    return f"{crc:08x}"
 
 
 def file_digests(folder) -> dict:
@@ -79,9 +81,9 @@ def file_digests(folder) -> dict:
 
 
 def file_checks(folder, names) -> dict:
-    """{relative path: {"size", "sampled_sha256"}}: what loading checks (see the module docstring)."""
+    """{relative path: {"size", "sampled_crc32"}}: what loading checks (see the module docstring)."""
     folder = Path(folder)
-    return {n: {"size": (folder / n).stat().st_size, "sampled_sha256": sampled_sha256(folder / n)} for n in names}
+    return {n: {"size": (folder / n).stat().st_size, "sampled_crc32": sampled_crc32(folder / n)} for n in names}
 
 
 def member_path(folder, name) -> Path:
@@ -152,7 +154,7 @@ def is_model_folder(folder) -> bool:
 def load_manifest(folder, verify: str = "quick", verify_digests: bool | None = None) -> dict:
     """Read and check a model folder's manifest; raise ManifestError / FileNotFoundError saying what is wrong.
 
-    verify: "quick" (default) checks each file's size and sampled sha256, "full" its whole sha256, "none"
+    verify: "quick" (default) checks each file's size and sampled CRC-32, "full" its whole sha256, "none"
     only that it exists. verify_digests=True/False is the older spelling of "full"/"quick"."""
     if verify_digests is not None:
         verify = "full" if verify_digests else "quick"
@@ -195,8 +197,8 @@ def load_manifest(folder, verify: str = "quick", verify_digests: bool | None = N
 
 
 def check_file(folder, name: str, sha256: str, check, full: bool = False) -> None:
-    """One file against its manifest entry: size, then the sampled sha256 (or the full one where the manifest
-    records no sample, the file is as small as the samples, or `full`). ManifestError naming file and repair."""
+    """One file against its manifest entry: size, then the sampled CRC-32 (the full sha256 where the manifest
+    records no sample, or with `full`). ManifestError naming the file and the repair."""
     folder = Path(folder)
     path = member_path(folder, name)
 
@@ -208,9 +210,9 @@ def check_file(folder, name: str, sha256: str, check, full: bool = False) -> Non
     if isinstance(check, dict):
         if check.get("size") != size:
             raise bad(f"has {size} bytes, not the {check.get('size')} recorded")
-        if not full and size > SAMPLE_BLOCK * SAMPLE_COUNT and isinstance(check.get("sampled_sha256"), str):
-            if sampled_sha256(path) != check["sampled_sha256"]:
-                raise bad("does not match its sampled sha256")
+        if not full and isinstance(check.get("sampled_crc32"), str):
+            if sampled_crc32(path) != check["sampled_crc32"]:
+                raise bad("does not match its sampled CRC-32")
             return
     if sha256_file(path, progress="verify" if full else None) != sha256:
         raise bad("does not match its sha256")

@@ -40,13 +40,13 @@ def overwrite(path, offset, data):
 def test_manifest_records_sizes_and_samples(big_folder):
     m = mf.load_manifest(big_folder, verify="full")
     assert m["file_checks"]["model.onnx.data"]["size"] == BIG
-    assert m["file_checks"]["model.onnx.data"]["sampled_sha256"] == mf.sampled_sha256(big_folder / "model.onnx.data")
+    assert m["file_checks"]["model.onnx.data"]["sampled_crc32"] == mf.sampled_crc32(big_folder / "model.onnx.data")
 
 
 def test_same_size_corruption_fails_the_load(big_folder):
     """The issue's case: 2 MB of random bytes written over the middle of the data file, size unchanged."""
     overwrite(big_folder / "model.onnx.data", BIG // 2, np.random.default_rng(1).bytes(2 * 1024 * 1024))
-    with pytest.raises(mf.ManifestError, match=r"model\.onnx\.data does not match its sampled sha256.*edgeai pull "
+    with pytest.raises(mf.ManifestError, match=r"model\.onnx\.data does not match its sampled CRC-32.*edgeai pull "
                                                 r"--force"):
         mf.load_manifest(big_folder)
 

@@ -74,13 +74,19 @@ def child_env() -> dict:
     return dict(os.environ, PYTHONPATH=str(CODE), OMP_NUM_THREADS="1")
 
 
+def child_cwd() -> str:
+    # Not this checkout: `python -c`/`-m` put the working folder first on sys.path, before PYTHONPATH (--code).
+    return tempfile.gettempdir()
+
+
 def run_killed(cmd, delay: float, wait_ready: bool = False) -> bool:
     """Start cmd, SIGKILL it `delay` seconds after it starts (or after it prints a line, with wait_ready);
     True if it was still running when killed."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE if wait_ready else subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=child_env())
+                         stderr=subprocess.DEVNULL, env=child_env(),
+                         cwd=child_cwd())
     if wait_ready:
-        p.stdout.readline()
+        run_killed.ready_line = p.stdout.readline().decode().strip()
     try:
         p.wait(timeout=delay)
         return False
@@ -144,11 +150,13 @@ def probe_index(work: Path, kills: int, rng: random.Random, emb_dir: Path, repor
     for i in range(24):
         shape[f"doc{i:02d}.md"] = rng.randint(4, 16)
         write_doc(corpus / f"doc{i:02d}.md", rng, shape[f"doc{i:02d}.md"])
-    subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True, env=child_env())
+    subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True, env=child_env(),
+                   cwd=child_cwd())
     for name in rng.sample(sorted(shape), 3):  # the kills land in runs like this one: a few files changed
         write_doc(corpus / name, rng, shape[name])
     t = time.time()
-    subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True, env=child_env())
+    subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True, env=child_env(),
+                   cwd=child_cwd())
     full = time.time() - t
     emb = Embedder(emb_dir, threads=1)
     r = report["index"] = {"kills": 0, "finished_before_kill": 0, "full_run_s": round(full, 2),
@@ -186,7 +194,8 @@ def probe_index(work: Path, kills: int, rng: random.Random, emb_dir: Path, repor
             r["rebuilt_again_on_second_open"] += 1
             r["failures"].append(f"kill {k}: the second open rebuilt the index again")
         if k % 5 == 4 or k == kills - 1:  # nothing lost: a complete run brings store and index up to date
-            subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True, env=child_env())
+            subprocess.run(index_cmd(corpus, idx, emb_dir), check=True, capture_output=True,
+                           env=child_env(), cwd=child_cwd())
             store = DocStore(idx / "docs.sqlite")
             try:
                 have = {Path(f).name: store.file_digest(f) for f in store.files()}
@@ -203,11 +212,12 @@ def probe_index(work: Path, kills: int, rng: random.Random, emb_dir: Path, repor
 SAVER = r"""
 import sys, numpy as np
 from pathlib import Path
+import edgeai
 from edgeai.retrieval.index import VectorIndex
 path = Path(sys.argv[1])
 ix = VectorIndex.load(path)
 rng = np.random.default_rng(int(sys.argv[2]))
-print("ready", flush=True)
+print("ready", Path(edgeai.__file__).parent.parent, flush=True)
 while True:  # mostly saving: a few changes, then a save of the whole index
     ix.add(rng.standard_normal((20, 64)).astype(np.float32))
     ix.delete(list(rng.choice(ix.ids(), 10, replace=False)))
@@ -273,6 +283,7 @@ def main() -> int:
     import edgeai
 
     report["code"] = str(Path(edgeai.__file__).parent.parent)
+    report["children_code"] = getattr(run_killed, "ready_line", "").removeprefix("ready ")
     report["seconds"] = round(time.time() - t, 1)
     print(json.dumps(report))
     failed = sum(len(v["failures"]) for v in report.values() if isinstance(v, dict))
