@@ -13,6 +13,20 @@ END_OF_GENERATION_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>",
                             "<|end_of_text|>", "<end_of_turn>", "<|return|>", "<|call|>", "<EOT>", "</s>")
 
 
+def check_text(text) -> str:
+    """`text` if it is a str of valid Unicode; ValueError naming a lone surrogate (what bytes decoded with
+    errors="surrogateescape", or a bad JSON escape, leave behind), which the tokenizers library rejects with an
+    unclear TypeError."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text holds a lone surrogate (U+{ord(text[exc.start]):04X} at index {exc.start}), which "
+                         "is not valid Unicode; decode bytes with errors='replace'") from None
+    return text
+
+
 class Tokenizer:
     """special_tokens: {"bos", "eos", "pad", "unk": token text or None, and optionally "eog": [token texts]}, where
     "eog" lists the tokens the source itself names as ends of generation (a GGUF's eot/eom ids, an HF folder's
@@ -77,10 +91,11 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list:
         """Token ids. Special-token text (e.g. "<|im_start|>") maps to its id; BOS only if the model adds one."""
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._tok.encode(check_text(text), add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts, add_special_tokens: bool = True) -> list:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        texts = [check_text(t) for t in texts]
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
