@@ -6,14 +6,15 @@ Data: the Python documentation corpus that `edgeai ask` builds (edgeai/retrieval
 (module summaries, so the few steps a CPU allows see the whole library rather than a few modules). The
 held-out text is the opening 1500 characters of each held-out page.
 
-Runs, in this order, each as its own process (children of this one, so `nice -n 19 python ...` covers all):
-  1. edgeai distill ... --alpha A       (KL to the teacher mixed with cross-entropy)
-  2. edgeai distill ... --alpha 0       (cross-entropy only; same student, data, steps, learning rate, seed)
-  3. the untrained `layers:N` student, converted the same way (the starting point of both)
-  4. edgeai eval fidelity of each against the teacher on the held-out text (one saved reference)
+Runs, each as its own process (children of this one, so `nice -n 19 python ...` covers all):
+  1. at the same time, so both train under the same load on a shared box:
+     edgeai distill ... --alpha A       (KL to the teacher mixed with cross-entropy; teacher targets first)
+     edgeai distill ... --alpha 0       (cross-entropy only; same student, data, steps, learning rate, seed)
+  2. the untrained `layers:N` student, converted the same way (the starting point of both)
+  3. edgeai eval fidelity of each against the teacher on the held-out text (one saved reference)
 The work folders keep targets and checkpoints, so a rerun resumes (add --resume to continue training).
 
-    nice -n 19 python bench/distill_run.py --out /tmp/distill-run [--layers 8 --steps 30 ...]
+    nice -n 19 python bench/distill_run.py --out /tmp/distill-run [--layers 8 --steps 20 ...]
 """
 import argparse
 import json
@@ -23,14 +24,17 @@ import time
 from pathlib import Path
 
 
-def sh(cmd, log):
+def start(cmd, log):
     print("$ " + " ".join(map(str, cmd)), flush=True)
-    t = time.perf_counter()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(map(str, cmd)) + "\n")
-        f.flush()
-        subprocess.run([str(c) for c in cmd], check=True, stdout=f, stderr=subprocess.STDOUT)
-    return time.perf_counter() - t
+    f = open(log, "a")
+    f.write("$ " + " ".join(map(str, cmd)) + "\n")
+    f.flush()
+    return subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
+
+
+def sh(cmd, log):
+    if start(cmd, log).wait():
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))} (see {log})")
 
 
 def split_corpus(out: Path, chars: int):
@@ -62,14 +66,14 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--chars", type=int, default=300)
     ap.add_argument("--quant", default="q8")
-    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args()
     out = Path(a.out)
@@ -80,12 +84,12 @@ def main():
     spec = f"layers:{a.layers}"
     common = ["--data", out / "train.txt", "--steps", a.steps, "--batch", a.batch, "--seq-len", a.seq_len,
               "--lr", a.lr, "--quant", a.quant, "--save-every", 5] + (["--resume"] if a.resume else [])
-    times = {}
-    for name, alpha in (("kd", a.alpha), ("ce", 0.0)):
-        if (out / name / "edgeai.json").is_file():
-            continue
-        times[name] = sh(["edgeai", "distill", a.teacher, spec, out / name, "--alpha", alpha,
-                          "--json", out / f"{name}.json"] + common, log)
+    runs = [(name, start(["edgeai", "distill", a.teacher, spec, out / name, "--alpha", alpha,
+                          "--json", out / f"{name}.json"] + common, out / f"{name}.log"))
+            for name, alpha in (("kd", a.alpha), ("ce", 0.0)) if not (out / name / "edgeai.json").is_file()]
+    for name, proc in runs:
+        if proc.wait():
+            raise SystemExit(f"edgeai distill ({name}) failed: see {out / name}.log")
     untrained(a.teacher, spec, out / "untrained", a.quant)
     ref = out / "reference.npz"
     results = {}

@@ -177,3 +177,15 @@ def test_teacher_answers_resume(teacher, tmp_path):
     assert (tmp_path / ANSWERS).read_text().splitlines() == lines
     with pytest.raises(ValueError, match="needs prompts"):
         teacher_answers(folder, [Document(text="x")], 1, tmp_path / "x", progress=False)
+
+
+def test_command_without_torch_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from edgeai.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    (tmp_path / "a.txt").write_text("text")
+    assert main(["distill", "smollm2-135m", "layers:4", str(tmp_path / "out"), "--data", str(tmp_path / "a.txt")]) == 1
+    assert "pip install 'edgeai[distill]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -23,8 +23,9 @@ def _distill(args) -> int:
         print(f"student written to {info['out']} ({args.quant})")
     print(f"steps {t['steps']}  loss {t['loss']:.4f}  kl {t['kl']:.4f}  ce {t['ce']:.4f}  "
           f"(mean of the last {t['loss_window']} steps)")
+    peak = f"{t['peak_memory_bytes'] / 2**20:.0f} MiB" if t["peak_memory_bytes"] else "unknown"
     print(f"training {t['train_seconds']:.0f}s, {t['train_tokens_per_s']} tokens/s on {t['device']}, "
-          f"peak memory {t['peak_memory_bytes'] / 2**20:.0f} MiB; wall {info['wall_seconds']:.0f}s")
+          f"peak memory {peak}; wall {info['wall_seconds']:.0f}s")
     if args.json:
         from ..evaluate.report import save_json
 

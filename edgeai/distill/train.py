@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -193,13 +192,21 @@ class Trainer:
         last = self.history[-20:]
         mean = (lambda k: float(np.mean([r[k] for r in last])) if last else None)
         tokens = self.step * self.cfg.batch * self.ids.shape[1]
-        peak = (torch.cuda.max_memory_allocated() if self.device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else _peak_rss()
         return {"steps": self.step, "loss": mean("loss"), "kl": mean("kl"), "ce": mean("ce"),
                 "loss_window": len(last), "train_tokens": tokens, "train_seconds": round(self.seconds, 1),
                 "train_tokens_per_s": round(tokens / self.seconds, 1) if self.seconds else None,
-                "peak_memory_bytes": int(peak), "device": str(self.device),
+                "peak_memory_bytes": peak, "device": str(self.device),
                 "trainable_parameters": int(sum(p.numel() for p in self.params.values()))}
+
+
+def _peak_rss():
+    """Peak resident memory of this process in bytes (the whole run: teacher targets too), None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def _diff(old: dict, new: dict, prefix="") -> str:
