@@ -12,7 +12,8 @@ Runs, each as its own process (children of this one, so `nice -n 19 python ...` 
      edgeai distill ... --alpha 0       (cross-entropy only; same student, data, steps, learning rate, seed)
   2. the untrained `layers:N` student, converted the same way (the starting point of both)
   3. edgeai eval fidelity of each against the teacher on the held-out text (one saved reference)
-The work folders keep targets and checkpoints, so a rerun resumes (add --resume to continue training).
+The work folders keep targets and checkpoints, and finished models and scores are kept, so a rerun resumes
+(add --resume to continue training).
 
     nice -n 19 python bench/distill_run.py --out /tmp/distill-run [--layers 8 --steps 20 ...]
 """
@@ -54,9 +55,9 @@ def untrained(teacher, spec, out, quant):
     from edgeai.distill.student import student_source
     from edgeai.convert.weights import as_float
 
-    src, desc = student_source(spec, teacher)
     if Path(out).exists():
         return
+    src, desc = student_source(spec, teacher)
     export_student({k: as_float(v) for k, v in src.tensors.items()}, src, Path(str(out) + ".hf"), out,
                    quant=quant, distill_info={"student": desc, "train": {"steps": 0}}, progress=False)
 
@@ -95,8 +96,9 @@ def main():
     results = {}
     for name in ("untrained", "ce", "kd"):
         args = ["--reference", ref] if ref.is_file() else ["--reference", a.teacher, "--save-reference", ref]
-        sh(["edgeai", "eval", "fidelity", *args, "--candidate", out / name, "--text", out / "heldout.txt",
-            "--max-tokens", a.eval_tokens, "--json", out / f"fidelity-{name}.json"], log)
+        if not (out / f"fidelity-{name}.json").is_file():
+            sh(["edgeai", "eval", "fidelity", *args, "--candidate", out / name, "--text", out / "heldout.txt",
+                "--max-tokens", a.eval_tokens, "--json", out / f"fidelity-{name}.json"], log)
         r = json.loads((out / f"fidelity-{name}.json").read_text())
         results[name] = {"kl_mean": r["kl"]["mean"], "kl_median": r["kl"]["median"],
                          "top1": r["top1_agreement"], "ppl": r["ppl_candidate"], "ppl_teacher": r["ppl_reference"],
