@@ -16,6 +16,7 @@ _COMMANDS = [
     "edgeai.commands.evaluate",
     "edgeai.commands.bench",
     "edgeai.commands.serve",
+    "edgeai.commands.distill",
 ]
 
 
