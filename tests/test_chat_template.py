@@ -135,8 +135,7 @@ def assert_same_as_transformers(ours: Tokenizer, theirs, conversations, **kw):
 @pytest.mark.transformers
 @pytest.mark.parametrize("template", [SMOLLM2_TEMPLATE, FEATURES_TEMPLATE], ids=["smollm2", "features"])
 def test_matches_transformers(tiny_json, template):
-    import transformers
-
+    transformers = pytest.importorskip("transformers")
     theirs = hf_tokenizer(tiny_json, template, SPECIALS)
     ours = Tokenizer(tiny_json, template, SPECIALS)
     features = FEATURES_MESSAGES
