@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 
@@ -27,6 +28,8 @@ std::vector<size_t> top_indices(const std::vector<float>& v, size_t k) {
 void log_softmax(const float* x, size_t n, float* out) {
     if (has_nan_or_posinf(x, n)) throw std::invalid_argument("logits contain NaN or +inf");
     float mx = max_value(x, n);
+    if (n == 0 || mx == -std::numeric_limits<float>::infinity())
+        throw std::invalid_argument("every logit is -inf: no token can be chosen");
     double z = exp_shifted_sum(x, n, mx, 1.0f, out);
     float lse = mx + static_cast<float>(std::log(z));
     for (size_t i = 0; i < n; ++i) out[i] = x[i] - lse;
