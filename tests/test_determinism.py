@@ -27,11 +27,13 @@ MODES = {"greedy": {}, "seeded": dict(temperature=0.8, top_p=0.95, seed=7)}
 ROUNDS = 5
 
 
-def make_prompts(llm, n_new, chunk):
-    """6 prompts as token ids: 3 questions after a shared system text, and 3 second turns that continue a first
-    turn with its own (cache-free) answer, as a chat does."""
+def make_prompts(llm, n_new, chunk, repeat=2):
+    """6 prompts as token ids: 3 questions after a shared system text (`repeat` sentences, longer than a prefill
+    chunk so that whole chunks are reused), and 3 second turns that continue a first turn with its own
+    (cache-free) answer, as a chat does."""
     tok = llm.tokenizer
-    system = tok.encode("You are a careful assistant. Answer briefly, in plain words, and never make things up. " * 2)
+    system = tok.encode("You are a careful assistant. Answer briefly, in plain words, and never make things up. " * repeat)
+    assert len(system) > chunk
     firsts = [system + tok.encode(q) for q in ("Tell a story", "Name three colours.", "What is two plus two?")]
     with edgeai.LLM(llm.model_dir, threads=1, context_length=llm.context_length, prompt_cache=False,
                     prefill_chunk=chunk) as plain:
@@ -97,10 +99,10 @@ def in_fresh_process(tmp_path, folder, prompts, n_new, ctx, chunk, lookups):
     return json.loads(res.stdout)
 
 
-def check_deterministic(folder, tmp_path, trace, n_new, ctx, chunk, lookups=(0, 8)):
+def check_deterministic(folder, tmp_path, trace, n_new, ctx, chunk, repeat, lookups=(0, 8)):
     with edgeai.LLM(folder, threads=1, context_length=ctx, prefill_chunk=chunk) as cached, \
             edgeai.LLM(folder, threads=1, context_length=ctx, prefill_chunk=chunk, prompt_cache=False) as plain:
-        prompts = make_prompts(cached, n_new, chunk)
+        prompts = make_prompts(cached, n_new, chunk, repeat)
         other = in_fresh_process(tmp_path, folder, prompts, n_new, ctx, chunk, lookups)
         reused = 0
         for mode in MODES:
@@ -124,7 +126,7 @@ def tiny_q4(tmp_path_factory):
 
 
 def test_tiny_q4_ids_never_depend_on_cache_history_or_process(tiny_q4, tmp_path, logit_trace):
-    check_deterministic(tiny_q4, tmp_path, logit_trace, n_new=24, ctx=512, chunk=16)
+    check_deterministic(tiny_q4, tmp_path, logit_trace, n_new=24, ctx=512, chunk=16, repeat=2)
 
 
 def test_threads_with_random_cancel_complete_like_a_serial_run(tiny_q4):
@@ -170,4 +172,4 @@ def smollm2_q4(smollm2_source, tmp_path_factory):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_q4_ids_never_depend_on_cache_history_or_process(smollm2_q4, tmp_path, logit_trace):
-    check_deterministic(smollm2_q4, tmp_path, logit_trace, n_new=40, ctx=1024, chunk=128)
+    check_deterministic(smollm2_q4, tmp_path, logit_trace, n_new=32, ctx=1024, chunk=128, repeat=10)

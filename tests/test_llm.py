@@ -101,8 +101,9 @@ def test_cancellation_from_another_thread(tiny_model):
     with edgeai.LLM(tiny_model[1], threads=1, context_length=256) as m:
         started = threading.Event()
         pieces = []
+        stream = m.stream("go on", max_new_tokens=250, logit_bias={t: -float("inf") for t in m.eos_token_ids})
         def consume():
-            for p in m.stream("go on", max_new_tokens=250, logit_bias={t: -float("inf") for t in m.eos_token_ids}):
+            for p in stream:
                 pieces.append(p)
                 started.set()
         t = threading.Thread(target=consume)
@@ -111,8 +112,8 @@ def test_cancellation_from_another_thread(tiny_model):
         m.cancel()
         t.join(10)
         assert not t.is_alive()
-        assert m.last_generation.finish_reason == "cancelled"
-        assert len(m.last_generation.token_ids) < 250
+        assert stream.generation.finish_reason == "cancelled"
+        assert len(stream.generation.token_ids) < 250
 
 
 def test_many_threads_share_one_llm(llm):
