@@ -77,6 +77,12 @@ def test_sampling_params_name_over_range_fields():
 
 # --- shapes and indices ------------------------------------------------------------------------------------------
 
+def test_beam_search_rejects_beams_whose_double_overflows():
+    """2 * num_beams used to overflow int, pass the vocabulary check and allocate 2**31 beams (fuzz + ASan)."""
+    with pytest.raises(ValueError, match="vocabulary too small"):
+        _core.BeamSearch(2 ** 31 - 1, 64, [])
+
+
 def test_beam_step_checks_the_vocabulary_axis():
     b = _core.BeamSearch(2, 10, [])
     with pytest.raises(ValueError, match=r"\[2, 10\]"):
