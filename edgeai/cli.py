@@ -5,6 +5,7 @@ They are imported lazily so that `edgeai --help` stays fast.
 """
 import argparse
 import importlib
+import os
 import sys
 
 # (module, attribute) pairs; each module's add_parser registers one or more subcommands.
@@ -14,6 +15,8 @@ _COMMANDS = [
     "edgeai.commands.retrieval",
     "edgeai.commands.evaluate",
     "edgeai.commands.bench",
+    "edgeai.commands.serve",
+    "edgeai.commands.distill",
 ]
 
 
@@ -30,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unicode_args(argv) -> None:
+    """Arguments that were not valid UTF-8 reach Python as lone surrogates, which no tokenizer accepts: say so."""
+    for a in argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"argument {a!r} is not valid UTF-8 text") from None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,12 +49,22 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        _unicode_args(sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except BrokenPipeError:  # `edgeai generate ... | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        return 1
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"edgeai: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a user never gets a traceback; EDGEAI_DEBUG=1 shows it
+        if os.environ.get("EDGEAI_DEBUG"):
+            raise
+        print(f"edgeai: error: {type(exc).__name__}: {exc} (an edgeai bug or an unexpected input; "
+              "EDGEAI_DEBUG=1 shows where)", file=sys.stderr)
         return 1
 
 

@@ -116,10 +116,15 @@ def test_all_logits_twin(tiny_gguf, tmp_path, monkeypatch):
     assert ensure_all_logits(last, progress=False) == twin  # built once
     assert ensure_all_logits(twin) == twin
     # new weights in the same graph (a re-conversion by a newer converter) get a new twin
-    mf = json.loads((last / "edgeai.json").read_text())
-    mf["files"]["model.onnx.data"] = "0" * 64
-    (last / "edgeai.json").write_text(json.dumps(mf))
+    from edgeai.manifest import write_manifest
+
+    data, manifest = (last / "model.onnx.data").read_bytes(), (last / "edgeai.json").read_bytes()
+    (last / "model.onnx.data").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    mf = json.loads(manifest)
+    write_manifest(last, {k: v for k, v in mf.items() if k not in ("files", "file_checks")})  # digests agree
     assert ensure_all_logits(last, progress=False) != twin
+    (last / "model.onnx.data").write_bytes(data)
+    (last / "edgeai.json").write_bytes(manifest)
     # the twin scores like the last-position graph does (one token per run)
     ids = tokenize_text(last, TEXT, 24)
     assert perplexity_eval(last, token_ids=ids)["ppl"] == pytest.approx(perplexity(last, ids)["ppl"], rel=1e-4)

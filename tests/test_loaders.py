@@ -67,24 +67,26 @@ def test_html_drops_script_and_style():
     assert [text[b.start:b.end] for b in blocks if not b.level] == ["Hello you there", "one", "two", "a  b\n  c"]
 
 
-def test_folder_walk_skips_bad_files(tmp_path):
+def test_folder_walk_skips_bad_files(tmp_path, caplog):
     (tmp_path / "a.md").write_text(MD)
     (tmp_path / "b.txt").write_text("plain text\n\nsecond")
     (tmp_path / "c.rst").write_text(RST)
     (tmp_path / "d.html").write_text("<p>hi</p>")
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02binary")
     (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
-    (tmp_path / "image.png").write_bytes(b"\x89PNG")  # unsupported type: silently not a document
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")  # unsupported type: counted in one line
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.md").write_text("# secret")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "e.md").write_text("# E\n\ntext")
-    with pytest.warns(UserWarning) as rec:
+    with caplog.at_level("WARNING", logger="edgeai.retrieval"):
         docs = list(load_paths([tmp_path]))
     assert sorted(p.name for p in map(lambda d: __import__("pathlib").Path(d.source), docs)) == \
         ["a.md", "b.txt", "c.rst", "d.html", "e.md"]
-    msgs = " ".join(str(w.message) for w in rec)
-    assert "bin.txt" in msgs and "latin.txt" in msgs
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 3  # one line per undecodable file, one for the unsupported ones
+    assert any("bin.txt" in m and "binary" in m for m in msgs) and any("latin.txt" in m for m in msgs)
+    assert any("1 file of unsupported types (.png)" in m for m in msgs)
     txt = next(d for d in docs if d.source.endswith("b.txt"))
     assert [txt.text[b.start:b.end] for b in txt.blocks] == ["plain text", "second"]
 

@@ -66,25 +66,32 @@ def test_last_position_graph(src, tmp_path):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_quant_quality(smollm2_source, tmp_path):
-    """Real model, 192 tokens of English: fp32 graph == NumPy reference; q4 (Q4_1 codes and scales as they are,
-    mins m + 8d stored as two 4-bit digits: fold_mins) at accuracy_level 0 within 0.25% of fp32 (0.17% seen),
-    and with per-block zero points (smaller mins, a slower kernel path) within 0.1%; at level 4 (int8
-    activations) within 2%."""
+    """Real model on GPL-3 text: the fp32 graph equals the NumPy reference (192 tokens); over 1024 tokens, q4 (Q4_1
+    codes and scales as they are, mins m + 8d stored as two 4-bit digits: fold_mins) at accuracy_level 0 stays
+    within 0.25% of fp32, with per-block zero points within 0.1%, and at level 4 (int8 activations) within 2%.
+
+    Why 1024 tokens for level 4: int8 activation rounding moves each token's log-probability a little, up or
+    down, and the kernels that do it differ by CPU (AVX2, AVX-512 VNNI). Over 192 tokens the perplexity ratio to
+    fp32 came out -0.7% on an AVX2 box and +2.2% on an AVX-512 VNNI box: the mean of 191 noisy differences, not
+    a quality difference. The noise of a mean shrinks as 1/sqrt(n), so over 1023 scored tokens that 3% spread
+    shrinks by sqrt(1023/191) = 2.3x (AVX2: -0.07%), and the 2% bound keeps its meaning (the shipped q4's
+    systematic cost over 2048 tokens is +0.6%, README) with a margin on every CPU instead of by luck."""
     from pathlib import Path
 
     from tokenizers import Tokenizer
 
     lic = Path("/usr/share/common-licenses/GPL-3")
-    text = lic.read_text() if lic.exists() else "The quick brown fox jumps over the lazy dog. " * 40
-    ids = Tokenizer.from_str(smollm2_source.tokenizer_json).encode(text, add_special_tokens=False).ids[:192]
+    text = lic.read_text() if lic.exists() else "The quick brown fox jumps over the lazy dog. " * 400
+    ids = Tokenizer.from_str(smollm2_source.tokenizer_json).encode(text, add_special_tokens=False).ids[:1024]
     ppl = {}
-    for name, quant, acc in (("fp32", "fp32", 0), ("q4_0", "q4", 0), ("q4_4", "q4", 4)):
+    for name, quant, acc, zp in (("fp32", "fp32", 0, "default"), ("q4_0", "q4", 0, "default"),
+                                 ("q4_0_per_block", "q4", 0, "per-block"), ("q4_4", "q4", 4, "default")):
         d = tmp_path / name
-        build_onnx(smollm2_source, d, quant, all_logits=True, max_seq_len=256, accuracy_level=acc)
+        build_onnx(smollm2_source, d, quant, all_logits=True, max_seq_len=1024, accuracy_level=acc, zero_points=zp)
         ppl[name] = perplexity(d, ids, threads=2)["ppl"]
-    assert ppl["fp32"] == pytest.approx(ReferenceLlama(smollm2_source).perplexity(ids), rel=1e-4)
+        if name == "fp32":
+            assert perplexity(d, ids[:192], threads=2)["ppl"] == pytest.approx(
+                ReferenceLlama(smollm2_source).perplexity(ids[:192]), rel=1e-4)
     assert ppl["q4_0"] == pytest.approx(ppl["fp32"], rel=2.5e-3)
-    d = tmp_path / "q4_0_per_block"
-    build_onnx(smollm2_source, d, "q4", all_logits=True, max_seq_len=256, accuracy_level=0, zero_points="per-block")
-    assert perplexity(d, ids, threads=2)["ppl"] == pytest.approx(ppl["fp32"], rel=1e-3)
+    assert ppl["q4_0_per_block"] == pytest.approx(ppl["fp32"], rel=1e-3)
     assert ppl["q4_4"] == pytest.approx(ppl["fp32"], rel=0.02)

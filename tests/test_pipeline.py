@@ -165,7 +165,11 @@ def test_bad_digest(model):
         b = f.read(1)
         f.seek(100)
         f.write(bytes([b[0] ^ 0xFF]))
-    mf.load_manifest(model)  # cheap load does not hash
+    mf.load_manifest(model, verify="none")  # existence only
+    with pytest.raises(mf.ManifestError, match="model.onnx.data does not match"):
+        mf.load_manifest(model, verify="full")
+    with pytest.raises(mf.ManifestError, match="model.onnx.data does not match its sampled CRC-32"):
+        mf.load_manifest(model)  # a file no larger than the samples is checked whole on every load
     with pytest.raises(mf.ManifestError, match="model.onnx.data does not match"):
         mf.load_manifest(model, verify_digests=True)
 

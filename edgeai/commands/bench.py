@@ -73,7 +73,7 @@ def _bench(args) -> int:
                 plot(res, args.plot)
                 print(f"chart {args.plot}")
             except ImportError:
-                print("no chart: matplotlib is not installed (pip install matplotlib, or edgeai[plot])",
+                print("no chart: matplotlib is not installed (pip install matplotlib, or edgeai[bench])",
                       file=sys.stderr)
     return 0
 

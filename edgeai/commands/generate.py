@@ -25,6 +25,8 @@ def _params(a) -> dict:
 def _generate(a) -> int:
     from ..llm import LLM
 
+    if not a.prompt:  # the API's check, before minutes of model loading
+        raise ValueError("prompt is empty")
     with LLM(a.model, threads=a.threads) as llm:
         params = _params(a)
         if a.raw:

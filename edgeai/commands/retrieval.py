@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     a = sub.add_parser("ask", help="answer a question from indexed documents")
     a.add_argument("question")
     a.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/index/default)")
-    a.add_argument("--docs", nargs="*", default=None, help="index these files/folders first")
+    a.add_argument("--docs", action="append", default=None, metavar="PATH",
+                   help="index this file or folder first (repeatable: --docs a.md --docs notes/)")
     a.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
     a.add_argument("--llm", default="smollm2-135m", help="language model name or folder")
     a.add_argument("-k", type=int, default=3, help="number of sources to retrieve (small models do best with few)")
@@ -64,6 +65,13 @@ def _load_llm(name):
 
 
 def cmd_ask(args) -> int:
+    from edgeai.retrieval.rag import STORE_FILE
+
+    if args.index is not None and not args.docs and not (args.index / STORE_FILE).is_file():
+        # A mistyped --index must not quietly become a new index of the standard library docs.
+        raise FileNotFoundError(f"{args.index} is not an edgeai index (no {STORE_FILE}); build one with "
+                                f"`edgeai index PATH... --index {args.index}`, or pass --docs PATH to index "
+                                "files there first")
     rag, folder = _open(args)
     if args.docs:
         _print_stats(rag.add(args.docs, show_progress=True), folder)

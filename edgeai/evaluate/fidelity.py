@@ -93,12 +93,17 @@ def tokenize_text(model_folder, text: str, max_tokens: int | None) -> list:
     return ids[:max_tokens] if max_tokens else ids
 
 
-def chunked_logits(model_folder, ids, threads=None, chunk: int = CHUNK):
-    """Yield (start, float32 logits [c, vocab]) for positions start..start+c-1 of ids, one chunk per run on
-    top of the KV cache of the previous chunks."""
+def open_session(model_folder, threads=None):
+    """An ONNX Runtime session on the folder's graph, for reuse across many chunked_logits calls."""
     from .perplexity import _Session
 
-    sess = _Session(_onnx_path(Path(model_folder)), threads)
+    return _Session(_onnx_path(Path(model_folder)), threads)
+
+
+def chunked_logits(model_folder, ids, threads=None, chunk: int = CHUNK, session=None):
+    """Yield (start, float32 logits [c, vocab]) for positions start..start+c-1 of ids, one chunk per run on
+    top of the KV cache of the previous chunks. `session` (from open_session) skips loading the graph."""
+    sess = session or open_session(model_folder, threads)
     if not sess.all_logits:
         raise ValueError(f"{model_folder}: the graph returns last-position logits only "
                          f"(use ensure_all_logits or convert with --all-logits)")
@@ -123,6 +128,20 @@ def _log1mexp(lse):
 
 
 # ---------------------------------------------------------------------------------------------- reference
+def topk_with_rest(lp, topk: int):
+    """Per row of log-probs [n, vocab]: the top-k token ids (int32, most likely first), their log-probs
+    (float32) and the log of the mass outside them (float64). The form both the fidelity reference and the
+    distillation targets keep."""
+    k = min(topk, lp.shape[1])
+    idx = np.argpartition(-lp, k - 1, axis=1)[:, :k] if k < lp.shape[1] else np.tile(
+        np.arange(lp.shape[1]), (len(lp), 1))
+    top = np.take_along_axis(lp, idx, 1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, order, 1), np.take_along_axis(top, order, 1)
+    rest = _log1mexp(np.logaddexp.reduce(top, axis=1))
+    return idx.astype(np.int32), top.astype(np.float32), rest
+
+
 class Reference:
     """Per position t (predicting ids[t+1]): top-k token ids and log-probs, log of the rest mass, the
     log-prob of the true next token."""
@@ -151,15 +170,10 @@ class Reference:
             if not len(lg):
                 continue
             lp = _log_softmax64(lg)
-            k = min(topk, lp.shape[1])
-            idx = np.argpartition(-lp, k - 1, axis=1)[:, :k] if k < lp.shape[1] else np.tile(
-                np.arange(lp.shape[1]), (len(lp), 1))
-            top = np.take_along_axis(lp, idx, 1)
-            order = np.argsort(-top, axis=1, kind="stable")
-            idx, top = np.take_along_axis(idx, order, 1), np.take_along_axis(top, order, 1)
-            idx_parts.append(idx.astype(np.int32))
-            lp_parts.append(top.astype(np.float32))
-            rest_parts.append(_log1mexp(np.logaddexp.reduce(top, axis=1)))
+            idx, top, rest = topk_with_rest(lp, topk)
+            idx_parts.append(idx)
+            lp_parts.append(top)
+            rest_parts.append(rest)
             tgt_parts.append(lp[np.arange(len(lp)), ids[start + 1:start + 1 + len(lp)]])
         meta = {"model": str(label or folder), "topk": int(idx_parts[0].shape[1]), "positions": n,
                 "vocab": int(lp.shape[1]), "seconds": round(time.perf_counter() - t0, 3),

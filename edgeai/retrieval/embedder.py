@@ -9,7 +9,6 @@ re-indexing a changed file only embeds its changed chunks.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -79,13 +78,16 @@ class Embedder:
         from tokenizers import Tokenizer
 
         self.model_dir = resolve_model_dir(model)
-        self.manifest = json.loads((self.model_dir / "edgeai.json").read_text())
+        from edgeai.manifest import load_manifest, member_path
+
+        self.manifest = load_manifest(self.model_dir)  # sizes and sampled digests, files inside the folder
         if self.manifest.get("kind") != "embedding":
             raise ValueError(f"{self.model_dir} is not an embedding model (kind={self.manifest.get('kind')!r})")
         files = self.manifest.get("model_files") or {"fp32": "model.onnx"}
         self.quant = quant or self.manifest.get("quant", "fp32")
         if self.quant not in files:
             raise ValueError(f"quant {self.quant!r} not in this model folder (have {sorted(files)})")
+        graph_path = member_path(self.model_dir, files[self.quant])
         self.dims = int(self.manifest["dims"])
         self.max_length = int(self.manifest.get("max_length", 256))
         src = self.manifest.get("source", {})
@@ -103,7 +105,7 @@ class Embedder:
         so.intra_op_num_threads = threads or os.cpu_count() or 1
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.model_dir / files[self.quant]), so,
+        self._session = ort.InferenceSession(str(graph_path), so,
                                              providers=["CPUExecutionProvider"])
         self._lru: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._lru_size = cache_size

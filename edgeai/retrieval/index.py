@@ -12,8 +12,11 @@ space "l2": minus the squared L2 distance.
 File format (`save`): b"EDGEVIDX" | u32 version | u64 header length | sha256 of everything after it |
 header JSON (params, count, payload length) | payload = u64 length + hnswlib graph bytes, then JSON of ids
 and metadata. Written to a temp file, fsynced, renamed over the target, then the directory fsynced: a crash leaves the old or the new file,
-never half of one. `load` checks magic, version, lengths and the sha256 before hnswlib sees a byte, so a
-truncated or damaged file raises ValueError.
+never half of one. Temp files are named `<index name>.<pid>.<random>.tmp` beside the index, so the next save or
+load removes those a killed process left (its pid is gone). `load` checks magic, version, lengths and the
+sha256 before hnswlib sees a byte, so a truncated or damaged file raises ValueError; and since a checksum only
+proves the file is what some writer wrote, it also checks the hnswlib graph's header, neighbour lists and labels
+against the table (`_check_graph`), so a forged file raises ValueError too instead of crashing hnswlib.
 
 Thread safety: any number of searches run together; add/delete/resize take the lock exclusively
 (hnswlib does not support search concurrent with add/resize).
@@ -25,6 +28,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +43,11 @@ from ..durable import fsync_path
 MAGIC = b"EDGEVIDX"
 FORMAT_VERSION = 1
 SPACES = ("cosine", "ip", "l2")
+# What a loaded file may state (a forged one could state anything): hnswlib keeps a neighbour count in 16 bits
+# (level 0 holds 2*M), M=1 makes its level multiplier 1/log(1) = inf and M=0 crashes it.
+_FILE_PARAMS = {"dim": (1, 1 << 16), "M": (2, 2048), "ef_construction": (1, 1 << 20), "ef_search": (1, 1 << 20),
+                "seed": (0, 2 ** 63 - 1)}
+LEGACY_TEMP_AGE_S = 3600  # temp files of earlier versions carry no pid: removed once this old
 _EMPTY = MappingProxyType({})  # metadata of items added without any: one shared read-only mapping, not n dicts
 
 
@@ -73,6 +82,128 @@ class RWLock:
             yield
         finally:
             self._release()
+
+
+def _temp_file(path: Path) -> Path:
+    """A new empty temp file beside `path`, named so that clean_leftovers can tell whose it is."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # no cheap, safe liveness probe: keep it (the age rule below still applies)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user
+        return True
+    return True
+
+
+def clean_leftovers(path) -> int:
+    """Remove the temp files that saves and loads of the index at `path` left when their process was killed:
+    `<name>.<pid>.*.tmp` whose pid is gone, and (from earlier versions, which named them without a pid)
+    `<name>.*.tmp` files and `tmp*/graph.bin` folders older than an hour. Returns how many were removed."""
+    import shutil
+
+    path = Path(path)
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return 0
+    for e in entries:
+        try:
+            old = now - e.lstat().st_mtime > LEGACY_TEMP_AGE_S
+            if e.name.startswith(path.name + ".") and e.name.endswith(".tmp") and e.is_file():
+                pid = e.name[len(path.name) + 1:].split(".", 1)[0]
+                if (pid.isdigit() and not _pid_alive(int(pid))) or (old and (not pid.isdigit() or os.name != "posix")):
+                    e.unlink()
+                    removed += 1
+            elif e.name.startswith("tmp") and e.is_dir() and old and \
+                    {c.name for c in e.iterdir()} <= {"graph.bin"}:
+                shutil.rmtree(e)
+                removed += 1
+        except OSError:  # another process removed it first, or it is not ours to remove
+            continue
+    return removed
+
+
+_GRAPH_HEADER = struct.Struct("<6QiI3QdQ")  # hnswlib 0.8 HierarchicalNSW::saveIndex, field by field
+
+
+def _check_graph(blob: bytes, dim: int, M: int, labels_live, n_deleted: int) -> bytes:
+    """Check hnswlib graph bytes before hnswlib reads them: it trusts its file, and a wrong size, neighbour id
+    or label would make it read out of bounds. ValueError saying what is wrong. Returns the bytes with the
+    capacity set to the element count: hnswlib allocates the capacity a file states, and add() grows it anyway."""
+    if len(blob) < _GRAPH_HEADER.size:
+        raise ValueError("graph shorter than its header")
+    (off0, max_el, count, per_el, label_off, data_off, maxlevel, entry, maxM, maxM0, m, mult,
+     _efc) = _GRAPH_HEADER.unpack_from(blob)
+    links0 = maxM0 * 4 + 4
+    links = maxM * 4 + 4
+    if (m, maxM, maxM0) != (M, M, 2 * M) or off0 != 0 or data_off != links0 or label_off != links0 + 4 * dim \
+            or per_el != links0 + 4 * dim + 8 or count > max_el or not mult > 0:
+        raise ValueError("graph header does not match the index parameters")
+    end0 = _GRAPH_HEADER.size + count * per_el
+    if end0 + 4 * count > len(blob):
+        raise ValueError("graph shorter than its element table")
+    def field(offset, dtype, width):  # one field of every level-0 element: a strided view, no copy
+        if not count:
+            return np.zeros((0, width), dtype)
+        return np.ndarray((count, width), dtype, blob, _GRAPH_HEADER.size + offset, (per_el, np.dtype(dtype).itemsize))
+
+    head = field(0, np.uint32, 1)[:, 0]
+    n_links, flags = head & 0xFFFF, (head >> 16) & 0xFF
+    if (n_links > maxM0).any() or (head >> 24).any() or (flags & ~np.uint32(1)).any():
+        raise ValueError("graph has a malformed neighbour list")
+    nbr = field(4, np.uint32, maxM0)
+    if count and (nbr[np.arange(maxM0)[None, :] < n_links[:, None]] >= count).any():
+        raise ValueError("graph has a neighbour id out of range")
+    if not np.isfinite(field(data_off, np.float32, dim)).all():
+        raise ValueError("graph holds a NaN or inf vector")
+    lab = field(label_off, np.uint64, 1)[:, 0]
+    deleted = (flags & 1).astype(bool)
+    live = lab[~deleted]
+    if int(deleted.sum()) != n_deleted or len(live) != len(labels_live) or len(np.unique(live)) != len(live) \
+            or not np.array_equal(np.sort(live), np.sort(np.asarray(labels_live, np.uint64))):
+        raise ValueError("graph labels do not match the id table")
+    pos = end0
+    level = np.zeros(count, np.int64)
+    upper = []  # (element, its upper-level lists) for elements above level 0: variable size per element
+    for i in range(count):
+        (size,) = struct.unpack_from("<I", blob, pos)
+        pos += 4
+        if size % links or pos + size > len(blob):
+            raise ValueError("graph has a malformed upper-level list")
+        if size:
+            level[i] = size // links
+            upper.append((i, np.frombuffer(blob, np.uint32, size // 4, pos).reshape(size // links, maxM + 1)))
+        pos += size
+    if pos != len(blob):
+        raise ValueError("graph has trailing bytes")
+    for i, up in upper:
+        n_up = up[:, 0] & 0xFFFF
+        if (n_up > maxM).any() or (up[:, 0] >> 16).any():
+            raise ValueError("graph has a malformed upper-level list")
+        mask = np.arange(maxM)[None, :] < n_up[:, None]
+        nb = up[:, 1:]
+        if (nb[mask] >= count).any():
+            raise ValueError("graph has a neighbour id out of range")
+        # A link at level l must reach an element that has level l, or hnswlib reads past that one's lists.
+        need = np.broadcast_to(np.arange(1, len(up) + 1)[:, None], nb.shape)[mask]
+        if (level[nb[mask]] < need).any():
+            raise ValueError("graph links to an element above its level")
+    top = int(level.max()) if count else -1
+    if count and (maxlevel != top or entry >= count or level[entry] != top) or not count and maxlevel != -1:
+        raise ValueError("graph entry point or level is out of range")
+    out = bytearray(blob)
+    struct.pack_into("<Q", out, 8, max(count, 16))
+    return bytes(out)
 
 
 def fsync_replace(tmp: Path, target: Path) -> None:
@@ -113,6 +244,7 @@ class VectorIndex:
         self._deleted = 0                    # slots marked deleted and reusable
         self._next_label = 0
         self._lock = RWLock()
+        self.stamp: dict = {}  # what `save(stamp=...)` recorded, after a load
         self._bind_single_search()
 
     def _bind_single_search(self) -> None:
@@ -249,6 +381,10 @@ class VectorIndex:
         if filter is None:  # the common case, natively; None means "decide here" (see _bind_single_search)
             hits = self._single(query, k)
             if hits is not None:
+                # Stored vectors are finite, so a non-finite best score means a NaN/inf query: one float check
+                # here instead of a scan of every query on the fast path.
+                if hits and not np.isfinite(hits[0].score):
+                    raise ValueError("query contains NaN or inf")
                 return hits
         q = np.asarray(query, dtype=np.float32)
         single = q.ndim == 1
@@ -256,6 +392,8 @@ class VectorIndex:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query must have shape [{self.dim}] or [n, {self.dim}], got {np.shape(query)}")
+        if not np.isfinite(q).all():
+            raise ValueError("query contains NaN or inf")
         if k < 1:
             raise ValueError("k must be >= 1")
         pred = None if filter is None else self._predicate(filter)
@@ -293,25 +431,34 @@ class VectorIndex:
         return lab[order].astype(np.uint64), np.take_along_axis(d, order, 1).astype(np.float32)
 
     # --- persistence -------------------------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path, stamp: Optional[dict] = None) -> None:
+        """Write the index atomically. `stamp` (JSON) is kept in the header and comes back as `.stamp` on load:
+        the owner of the data behind the index records there which state of it the file holds."""
+        if stamp is not None:
+            json.dumps(stamp)
+            if not isinstance(stamp, dict):
+                raise TypeError("stamp must be a dict")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(path)
         with self._lock.read():
-            with tempfile.TemporaryDirectory(dir=path.parent) as td:
-                graph_file = Path(td) / "graph.bin"
+            graph_file = _temp_file(path)
+            try:
                 self._index.save_index(str(graph_file))
                 graph = graph_file.read_bytes()
+            finally:
+                graph_file.unlink(missing_ok=True)
             live = [lab for lab, i in enumerate(self._id) if i is not None]
             table = {"labels": live, "ids": [self._id[lab] for lab in live],
                      "metadata": [dict(self._meta[lab]) for lab in live], "next_label": self._next_label,
                      "deleted": self._deleted}
         payload = struct.pack("<Q", len(graph)) + graph + json.dumps(table, separators=(",", ":")).encode()
-        header = json.dumps({"params": self.params, "count": len(table["ids"]),
-                             "payload_len": len(payload)}).encode()
+        header = json.dumps({"params": self.params, "count": len(table["ids"]), "payload_len": len(payload),
+                             **({"stamp": stamp} if stamp else {})}).encode()
         digest = hashlib.sha256(header + payload).digest()  # covers params too, not just the graph
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        tmp = _temp_file(path)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 f.write(MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + digest + header)
                 f.write(payload)
                 f.flush()
@@ -325,6 +472,7 @@ class VectorIndex:
     @classmethod
     def load(cls, path, threads: int = 1) -> "VectorIndex":
         path = Path(path)
+        clean_leftovers(path)
         data = path.read_bytes()
         fixed = len(MAGIC) + 12 + 32
         if len(data) < fixed or data[:len(MAGIC)] != MAGIC:
@@ -336,32 +484,65 @@ class VectorIndex:
         if hashlib.sha256(body).digest() != data[fixed - 32:fixed]:
             raise ValueError(f"{path}: index file is truncated or corrupted (checksum mismatch); rebuild it")
         try:
-            header = json.loads(body[:hlen])
-            payload = body[hlen:]
-            if len(payload) != header["payload_len"]:
-                raise ValueError("payload length")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: corrupted index header ({exc})") from None
+            return cls._from_body(path, body, hlen, threads)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError,
+                RecursionError, RuntimeError) as exc:
+            # The checksum matched, so a writer made this file as it is: a forged or foreign one.
+            raise ValueError(f"{path}: not a valid edgeai vector index ({type(exc).__name__}: {exc}); "
+                             "rebuild it") from None
+
+    @classmethod
+    def _from_body(cls, path: Path, body: bytes, hlen: int, threads: int) -> "VectorIndex":
+        header = json.loads(body[:hlen])
+        payload = body[hlen:]
+        if len(payload) != header["payload_len"] or len(payload) < 8:
+            raise ValueError("payload length")
         p = header["params"]
+        for name, (lo, hi) in _FILE_PARAMS.items():
+            v = p.get(name, 100) if name == "seed" else p[name]
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if p["space"] not in SPACES:
+            raise ValueError(f"unknown space {p['space']!r}")
         (glen,) = struct.unpack("<Q", payload[:8])
+        if glen > len(payload) - 8:
+            raise ValueError("graph length")
         table = json.loads(payload[8 + glen:])
         self = cls(p["dim"], p["space"], p["M"], p["ef_construction"], p["ef_search"], capacity=16,
                    threads=threads, seed=p.get("seed", 100))
-        with tempfile.TemporaryDirectory(dir=path.parent) as td:
-            graph_file = Path(td) / "graph.bin"
-            graph_file.write_bytes(payload[8:8 + glen])
-            self._index = hnswlib.Index(space=p["space"], dim=p["dim"])
+        labels, ids, metas = table["labels"], table["ids"], table["metadata"]
+        next_label, deleted = table["next_label"], table["deleted"]
+        if not (isinstance(labels, list) and isinstance(ids, list) and isinstance(metas, list)
+                and len(labels) == len(ids) == len(metas) == header["count"]):
+            raise ValueError("id table lengths differ")
+        if not (type(next_label) is int and type(deleted) is int and 0 <= deleted <= next_label <= 1 << 40):
+            raise ValueError("next_label / deleted out of range")
+        if not all(type(x) is int and 0 <= x < next_label for x in labels) or len(set(labels)) != len(labels):
+            raise ValueError("labels out of range or repeated")
+        if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError("ids must be distinct strings")
+        if not all(m is None or isinstance(m, dict) for m in metas):
+            raise ValueError("metadata must be objects")
+        stamp = header.get("stamp") or {}
+        if not isinstance(stamp, dict):
+            raise ValueError("stamp must be an object")
+        graph = _check_graph(payload[8:8 + glen], self.dim, self.M, labels, deleted)
+        graph_file = _temp_file(path)
+        try:
+            graph_file.write_bytes(graph)
+            self._index = hnswlib.Index(space=self.space, dim=self.dim)
             self._index.load_index(str(graph_file), allow_replace_deleted=True)
+        finally:
+            graph_file.unlink(missing_ok=True)
         self._index.set_ef(self.ef_search)
         self._index.set_num_threads(threads)
-        labels = [int(x) for x in table["labels"]]
-        self._next_label = int(table["next_label"])
-        self._id = [None] * self._next_label
-        self._meta = [None] * self._next_label
-        for lab, i, m in zip(labels, table["ids"], table["metadata"]):
+        self._next_label = next_label
+        self._id = [None] * next_label
+        self._meta = [None] * next_label
+        for lab, i, m in zip(labels, ids, metas):
             self._id[lab], self._meta[lab] = i, (m or _EMPTY)
-        self._label = {i: lab for lab, i in zip(labels, table["ids"])}
-        self._next_label = int(table["next_label"])
-        self._deleted = int(table["deleted"])
+        self._label = {i: lab for lab, i in zip(labels, ids)}
+        self._deleted = deleted
+        self.stamp = stamp
         self._bind_single_search()
         return self

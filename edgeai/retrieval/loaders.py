@@ -2,19 +2,27 @@
 
 Every block carries character offsets into `Document.text`. For .txt/.md/.rst that text is the file
 itself (decoded), so offsets point into the file; for .html it is the extracted visible text.
-Binary or non-UTF-8 files are skipped with a warning when met in a folder walk, and raise ValueError
-when named explicitly.
+Binary or non-UTF-8 files, and anything that is not a regular file (a FIFO would block a read forever), are
+skipped with one line each on the `edgeai.retrieval` logger when met in a folder walk, and raise ValueError
+when named explicitly; files of unsupported types are counted in one line per walk.
+
+A paragraph longer than MAX_BLOCK_CHARS (one huge line, a minified file) is cut into blocks at whitespace, so
+no later stage has to hold or tokenize it whole.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-import warnings
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterable, Iterator, List, Tuple
 
+log = logging.getLogger("edgeai.retrieval")
+MAX_BLOCK_CHARS = 4000  # ~1000 tokens of prose: far above any chunk, far below what would strain memory
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
             ".html": "html", ".htm": "html"}
 
@@ -38,8 +46,21 @@ class SkippedFile(ValueError):
     """A file that is not readable text (binary, undecodable, unsupported type)."""
 
 
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; SkippedFile for anything but a regular file. Opened non-blocking and checked on the
+    open descriptor, so a FIFO (or a file swapped for one after a directory walk) never blocks the read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SkippedFile(f"{path}: not a regular file (a FIFO, socket or device)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def read_text(path: Path) -> str:
-    data = path.read_bytes()
+    data = read_bytes(path)
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16")
@@ -61,11 +82,31 @@ def _lines(text: str) -> Iterator[Tuple[int, str]]:
         pos += len(line)
 
 
+_WS = re.compile(r"\s")
+
+
+def _cut(text: str, start: int, end: int, out: List[Block], limit: int = MAX_BLOCK_CHARS) -> None:
+    """Blocks of at most `limit` characters covering text[start:end], cut after the last whitespace before the
+    limit (or at the limit, in a run without any) and trimmed of the whitespace at the cut."""
+    while end - start > limit:
+        cut = start + limit
+        ws = None
+        for m in _WS.finditer(text, max(start, cut - limit // 4), cut):  # look back a quarter at most
+            ws = m.start()
+        piece_end = ws if ws is not None and ws > start else cut
+        out.append(Block(start, piece_end))
+        start = piece_end
+        while start < end and text[start].isspace():
+            start += 1
+    if end > start:
+        out.append(Block(start, end))
+
+
 def _paragraphs(text: str, spans: List[Tuple[int, int]], out: List[Block]) -> None:
-    """Blank-line separated paragraphs inside the given (start, end) spans."""
+    """Blank-line separated paragraphs inside the given (start, end) spans, long ones cut (see _cut)."""
     for s, e in spans:
         for m in re.finditer(r"\S(?:.*?\S)?(?=\n[ \t]*\n|\s*\Z)", text[s:e], re.S):
-            out.append(Block(s + m.start(), s + m.end()))
+            _cut(text, s + m.start(), s + m.end(), out)
 
 
 def parse_plain(text: str) -> List[Block]:
@@ -210,15 +251,19 @@ def parse_html(html: str) -> Tuple[str, List[Block]]:
     p.feed(html)
     p.close()
     p._flush()
-    parts, blocks, pos = [], [], 0
+    spans, pos = [], 0
     for level, txt in p.items:
-        if parts:
-            parts.append("\n\n")
-            pos += 2
-        blocks.append(Block(pos, pos + len(txt), level, txt if level else ""))
-        parts.append(txt)
+        pos += 2 if spans else 0  # the "\n\n" joining items
+        spans.append((pos, pos + len(txt), level, txt))
         pos += len(txt)
-    return "".join(parts), blocks
+    text = "\n\n".join(txt for _, _, _, txt in spans)
+    blocks: List[Block] = []
+    for s, e, level, txt in spans:
+        if level:
+            blocks.append(Block(s, e, level, txt))
+        else:
+            _cut(text, s, e, blocks)
+    return text, blocks
 
 
 def load_file(path) -> Document:
@@ -235,43 +280,81 @@ def load_file(path) -> Document:
     return Document(str(path), text, blocks)
 
 
-def iter_files(paths: Iterable) -> Iterator[Tuple[Path, bool]]:
-    """(file, named_explicitly) for each supported file under the given files/folders, sorted, hidden skipped."""
+def iter_files(paths: Iterable, skipped: List[Tuple[Path, str]] | None = None) -> Iterator[Tuple[Path, bool]]:
+    """(file, named_explicitly) for each supported file under the given files/folders, sorted, hidden skipped.
+    Walked entries that are not loaded go to `skipped` as (path, "unsupported" | reason)."""
+    def skip(path, why):
+        if skipped is not None:
+            skipped.append((path, why))
+
     for p in paths:
         p = Path(p)
         if p.is_dir():
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for f in sorted(files):
-                    if not f.startswith(".") and Path(f).suffix.lower() in SUFFIXES:
-                        yield Path(root) / f, False
-        elif p.is_file():
-            yield p, True
+                    if f.startswith("."):
+                        continue
+                    path = Path(root) / f
+                    if path.suffix.lower() not in SUFFIXES:
+                        skip(path, "unsupported")
+                        continue
+                    try:
+                        regular = stat.S_ISREG(path.stat().st_mode)
+                    except OSError as exc:  # a dangling link, a file gone since the walk listed it
+                        skip(path, f"{path}: {exc.strerror or exc}")
+                        continue
+                    if not regular:
+                        skip(path, f"{path}: not a regular file (a FIFO, socket or device)")
+                        continue
+                    yield path, False
+        elif p.exists():
+            yield p, True  # read_bytes says what is wrong with a FIFO or device named explicitly
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
 
 
+def _report_unsupported(items: List[Path]) -> None:
+    if not items:
+        return
+    kinds = Counter(f.suffix.lower() or "(no suffix)" for f in items)
+    top = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in kinds.most_common(6))
+    more = ", ..." if len(kinds) > 6 else ""
+    log.warning("skipped %d file%s of unsupported types (%s%s); edgeai indexes %s", len(items),
+                "s" if len(items) > 1 else "", top, more, " ".join(sorted(SUFFIXES)))
+
+
 def load_paths(paths, strict_explicit: bool = True) -> Iterator[Document]:
-    """Documents under files/folders. Folder contents that are not text are skipped with a warning;
-    a file named explicitly that is not loadable raises (unless strict_explicit=False)."""
+    """Documents under files/folders. Folder contents that are not text are skipped, one line each on the
+    `edgeai.retrieval` logger (unsupported types: one line in all); a file named explicitly that is not
+    loadable raises (unless strict_explicit=False)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     n = 0
-    for f, explicit in iter_files(paths):
+    skipped: List[Tuple[Path, str]] = []
+    unsupported: List[Path] = []
+
+    def drain():  # report what the walk passed over so far, in walk order
+        for path, why in skipped:
+            if why == "unsupported":
+                unsupported.append(path)
+            else:
+                log.warning("skipping %s", why)
+        skipped.clear()
+
+    for f, explicit in iter_files(paths, skipped):
+        drain()
         try:
             doc = load_file(f)
-        except SkippedFile as exc:
+        except (SkippedFile, OSError) as exc:
             if explicit and strict_explicit:
                 raise
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-            continue
-        except OSError as exc:
-            if explicit and strict_explicit:
-                raise
-            warnings.warn(f"skipping {f}: {exc}", stacklevel=2)
+            log.warning("skipping %s", exc if isinstance(exc, SkippedFile) else f"{f}: {exc.strerror or exc}")
             continue
         n += 1
         yield doc
+    drain()
+    _report_unsupported(unsupported)
     if n == 0:
         raise ValueError(f"no loadable documents ({', '.join(sorted(SUFFIXES))}) found in "
                          f"{', '.join(str(p) for p in paths)}")
