@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 
@@ -27,6 +28,8 @@ std::vector<size_t> top_indices(const std::vector<float>& v, size_t k) {
 void log_softmax(const float* x, size_t n, float* out) {
     if (has_nan_or_posinf(x, n)) throw std::invalid_argument("logits contain NaN or +inf");
     float mx = max_value(x, n);
+    if (n == 0 || mx == -std::numeric_limits<float>::infinity())
+        throw std::invalid_argument("every logit is -inf: no token can be chosen");
     double z = exp_shifted_sum(x, n, mx, 1.0f, out);
     float lse = mx + static_cast<float>(std::log(z));
     for (size_t i = 0; i < n; ++i) out[i] = x[i] - lse;
@@ -37,7 +40,9 @@ BeamSearch::BeamSearch(int num_beams, int n_vocab, std::vector<int32_t> eos_ids,
     : num_beams_(num_beams), n_vocab_(n_vocab), max_new_tokens_(max_new_tokens), eos_(std::move(eos_ids)),
       length_penalty_(length_penalty), early_stopping_(early_stopping) {
     if (num_beams < 1) throw std::invalid_argument("num_beams must be >= 1");
-    if (n_vocab < 2 * num_beams) throw std::invalid_argument("vocabulary too small for this many beams");
+    // In 64 bits: 2 * num_beams overflows int for num_beams >= 2**30 (found by the fuzz test under UBSan/ASan).
+    if (static_cast<int64_t>(n_vocab) < 2 * static_cast<int64_t>(num_beams))
+        throw std::invalid_argument("vocabulary too small for this many beams");
     if (max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
     if (!std::isfinite(length_penalty)) throw std::invalid_argument("length_penalty must be finite");
     running_.assign(num_beams, {});

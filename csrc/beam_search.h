@@ -39,6 +39,7 @@ public:
     bool done() const { return done_; }
     int generated() const { return generated_; }
     int num_beams() const { return num_beams_; }
+    int n_vocab() const { return n_vocab_; }
 
     // The best n finished hypotheses, best first.
     std::vector<Hypothesis> finalize(int n) const;

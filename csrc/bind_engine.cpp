@@ -5,9 +5,12 @@
 #include <pybind11/stl.h>
 
 #include "engine.h"
+#include "py_args.h"
 
 namespace py = pybind11;
 using namespace edgeai;
+using edgeai::py_args::int32_list;
+using edgeai::py_args::integer;
 
 namespace {
 
@@ -26,7 +29,7 @@ public:
              int n_logits) override {
         py::gil_scoped_acquire gil;
         fn_(batch, n_tokens, past_len, reinterpret_cast<uintptr_t>(tokens), reinterpret_cast<uintptr_t>(logits),
-            kv.version(), n_logits);
+            kv.version(), n_logits);  // the engine holds its lock: read the KV directly
     }
 
 private:
@@ -62,8 +65,8 @@ void bind_engine(py::module_& m) {
         .def_readonly("tokens_processed", &FakeForward::tokens_processed);
 
     py::class_<Engine>(m, "Engine", "KV-cache decode engine; generate() calls are serialised (they queue).")
-        .def(py::init([](py::object forward, int layers, int kv_heads, int head_dim, int max_seq, int n_vocab,
-                         size_t cache_bytes, int prefill_chunk) {
+        .def(py::init([](py::object forward, py::handle layers, py::handle kv_heads, py::handle head_dim,
+                         py::handle max_seq, py::handle n_vocab, py::handle cache_bytes, py::handle prefill_chunk) {
             std::shared_ptr<Forward> f;
             if (py::isinstance<Forward>(forward))
                 f = forward.cast<std::shared_ptr<Forward>>();
@@ -71,22 +74,31 @@ void bind_engine(py::module_& m) {
                 f = std::make_shared<PyForward>(forward);
             else
                 throw py::type_error("forward must be a FakeForward or a callable");
-            return std::make_unique<Engine>(f, layers, kv_heads, head_dim, max_seq, n_vocab, cache_bytes, prefill_chunk);
+            constexpr int kMax = std::numeric_limits<int32_t>::max();
+            return std::make_unique<Engine>(f, integer<int>(layers, "layers", 1, kMax),
+                                            integer<int>(kv_heads, "kv_heads", 1, kMax),
+                                            integer<int>(head_dim, "head_dim", 1, kMax),
+                                            integer<int>(max_seq, "max_seq", 1, kMax),
+                                            integer<int>(n_vocab, "n_vocab", 1, kMax),
+                                            integer<size_t>(cache_bytes, "prompt_cache_bytes"),
+                                            integer<int>(prefill_chunk, "prefill_chunk", 1, kMax));
         }), py::arg("forward"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("max_seq"),
             py::arg("n_vocab"), py::arg("prompt_cache_bytes") = 64u << 20, py::arg("prefill_chunk") = 128)
-        .def("generate", [](Engine& e, const std::vector<int32_t>& prompt, SamplerChain* chain, int max_new_tokens,
-                            const std::vector<int32_t>& eos_ids, int num_beams, float length_penalty,
-                            EarlyStopping early_stopping, int num_return_sequences, bool use_prompt_cache,
-                            py::object on_token, int draft_tokens) {
+        .def("generate", [](Engine& e, py::handle prompt, SamplerChain* chain, py::handle max_new_tokens,
+                            py::handle eos_ids, py::handle num_beams, float length_penalty,
+                            EarlyStopping early_stopping, py::handle num_return_sequences, bool use_prompt_cache,
+                            py::object on_token, py::handle draft_tokens) {
+            constexpr int kMax = std::numeric_limits<int32_t>::max();
+            const std::vector<int32_t> ids = int32_list(prompt, "prompt token id");
             GenerateParams p;
-            p.max_new_tokens = max_new_tokens;
-            p.eos_ids = eos_ids;
-            p.num_beams = num_beams;
+            p.max_new_tokens = integer<int>(max_new_tokens, "max_new_tokens", 1, kMax);
+            p.eos_ids = int32_list(eos_ids, "eos token id");
+            p.num_beams = integer<int>(num_beams, "num_beams", 1, kMax);
             p.length_penalty = length_penalty;
             p.early_stopping = early_stopping;
-            p.num_return_sequences = num_return_sequences;
+            p.num_return_sequences = integer<int>(num_return_sequences, "num_return_sequences", 1, kMax);
             p.use_prompt_cache = use_prompt_cache;
-            p.draft_tokens = draft_tokens;
+            p.draft_tokens = integer<int>(draft_tokens, "draft_tokens", 0, 1 << 16);
             TokenCallback cb;
             if (!on_token.is_none())
                 cb = [&on_token](int32_t t) {
@@ -96,26 +108,27 @@ void bind_engine(py::module_& m) {
             GenerateResult r;
             {
                 py::gil_scoped_release release;
-                r = e.generate(prompt, chain, p, cb);
+                r = e.generate(ids, chain, p, cb);
             }
             return result_dict(r);
-        }, py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128, py::arg("eos_ids") = std::vector<int32_t>{},
+        }, py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128, py::arg("eos_ids") = py::list(),
            py::arg("num_beams") = 1, py::arg("length_penalty") = 1.0f, py::arg("early_stopping") = EarlyStopping::kHeuristic,
            py::arg("num_return_sequences") = 1, py::arg("use_prompt_cache") = true, py::arg("on_token") = py::none(),
            py::arg("draft_tokens") = 0)
-        .def("cancel", &Engine::cancel, "Stop the generation in flight at its next token (any thread).")
+        .def("cancel", &Engine::cancel,
+             "Stop the generation in flight at its next token, and every request already queued (any thread).")
         .def("clear_cache", [](Engine& e) { py::gil_scoped_release r; e.clear_cache(); })
         .def_property_readonly("max_seq", &Engine::max_seq)
         .def_property_readonly("n_vocab", &Engine::n_vocab)
-        .def_property_readonly("kv_version", [](Engine& e) { return e.kv().version(); })
+        .def_property_readonly("prefill_chunk", &Engine::prefill_chunk)
+        .def_property_readonly("kv_version", &Engine::kv_version)
         .def_property_readonly("kv_shape", [](Engine& e) {
-            auto& kv = e.kv();
-            return py::make_tuple(kv.batch_capacity(), kv.kv_heads(), kv.max_seq(), kv.head_dim());
+            const auto s = e.kv_shape();
+            return py::make_tuple(s.batch, s.kv_heads, s.max_seq, s.head_dim);
         })
-        .def("kv_address", [](Engine& e, int layer, bool value) {
-            if (layer < 0 || layer >= e.kv().layers()) throw py::index_error("layer out of range");
-            return reinterpret_cast<uintptr_t>(value ? e.kv().value(layer) : e.kv().key(layer));
+        .def("kv_address", [](Engine& e, py::handle layer, bool value) {
+            return reinterpret_cast<uintptr_t>(e.kv_address(integer<int>(layer, "layer"), value));
         }, py::arg("layer"), py::arg("value"))
-        .def_property_readonly("cache_bytes", [](Engine& e) { return e.prompt_cache().used_bytes(); })
-        .def_property_readonly("cache_entries", [](Engine& e) { return e.prompt_cache().size(); });
+        .def_property_readonly("cache_bytes", &Engine::cache_bytes)
+        .def_property_readonly("cache_entries", &Engine::cache_entries);
 }

@@ -9,56 +9,86 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <pthread.h>
-
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
 namespace {
 
 // Many readers or one writer, writers first: a waiting writer stops new readers, so a stream of searches
-// cannot starve an add. Taking the lock first tries without blocking while holding the GIL (the common,
-// uncontended case); only if that fails does it release the GIL and wait, so a thread that holds the lock and
-// needs the GIL to finish can always get it. Not recursive: a thread must not take it twice.
+// cannot starve an add (std::shared_mutex promises no such order, and glibc's prefers readers). Built on a
+// mutex and a condition variable, so it is plain C++17 on every platform. Taking the lock first tries without
+// waiting while holding the GIL (the common, uncontended case); only if that fails does it release the GIL and
+// wait, so a thread that holds the lock and needs the GIL to finish can always get it. The inner mutex is
+// only held for a few instructions and never while waiting for the GIL. Not recursive: a thread must not
+// take it twice.
 class ReadWriteLock {
 public:
-    ReadWriteLock() {
-        pthread_rwlockattr_t attr;
-        pthread_rwlockattr_init(&attr);
-        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-        pthread_rwlock_init(&lock_, &attr);
-        pthread_rwlockattr_destroy(&attr);
-    }
-    ~ReadWriteLock() { pthread_rwlock_destroy(&lock_); }
-    ReadWriteLock(const ReadWriteLock&) = delete;
-    ReadWriteLock& operator=(const ReadWriteLock&) = delete;
-
     void acquire_read() {
-        if (pthread_rwlock_tryrdlock(&lock_) == 0) return;
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            if (can_read()) {
+                ++readers_;
+                return;
+            }
+        }
         py::gil_scoped_release release;
-        check(pthread_rwlock_rdlock(&lock_));
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [this] { return can_read(); });
+        ++readers_;
     }
     void acquire_write() {
-        if (pthread_rwlock_trywrlock(&lock_) == 0) return;
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            if (can_write()) {
+                writer_ = true;
+                return;
+            }
+        }
         py::gil_scoped_release release;
-        check(pthread_rwlock_wrlock(&lock_));
+        std::unique_lock<std::mutex> g(mu_);
+        ++waiting_writers_;
+        cv_.wait(g, [this] { return !writer_ && readers_ == 0; });
+        --waiting_writers_;
+        writer_ = true;
     }
-    void release() { check(pthread_rwlock_unlock(&lock_)); }
+    // Gives back a write hold, or one read hold; false when nothing was held. Never throws (ReadHold's
+    // destructor calls it).
+    bool release() noexcept {
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            if (writer_)
+                writer_ = false;
+            else if (readers_ > 0)
+                --readers_;
+            else
+                return false;
+        }
+        cv_.notify_all();
+        return true;
+    }
 
 private:
-    static void check(int rc) {
-        if (rc != 0) throw std::runtime_error("read/write lock error " + std::to_string(rc));
-    }
-    pthread_rwlock_t lock_;
+    bool can_read() const { return !writer_ && waiting_writers_ == 0; }
+    bool can_write() const { return !writer_ && readers_ == 0 && waiting_writers_ == 0; }
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int readers_ = 0;
+    int waiting_writers_ = 0;
+    bool writer_ = false;
 };
 
 struct ReadHold {  // releases a read hold however the scope ends
     explicit ReadHold(ReadWriteLock& l) : lock(l) { lock.acquire_read(); }
     ~ReadHold() { lock.release(); }
+    ReadHold(const ReadHold&) = delete;
+    ReadHold& operator=(const ReadHold&) = delete;
     ReadWriteLock& lock;
 };
 
@@ -85,57 +115,63 @@ PyObject* new_hit(PyTypeObject* type, PyObject* id, double score, PyObject* meta
     }
     Py_INCREF(id);
     Py_INCREF(meta);
-    PyTuple_SET_ITEM(hit, 0, id);
-    PyTuple_SET_ITEM(hit, 1, s);
-    PyTuple_SET_ITEM(hit, 2, meta);
+    PyTuple_SetItem(hit, 0, id);  // each steals one reference
+    PyTuple_SetItem(hit, 1, s);
+    PyTuple_SetItem(hit, 2, meta);
     return hit;
 }
 
-// What turns labels into hits: the Hit type and the label-indexed id and metadata lists.
+// What turns labels into hits: the Hit type and the label-indexed id and metadata lists. Only the public
+// C API is used (no PyListObject internals): items are fetched with bounds checks and held as owned
+// references while the hits are allocated, since an allocation can run the garbage collector and with it
+// code that changes the lists (and, on free-threaded Python, another thread can).
 struct HitTable {
     PyTypeObject* type;
-    PyObject** ids;
-    PyObject** metas;
-    py::ssize_t size;
+    py::handle ids, metas;
     bool l2;  // score = -distance for l2, 1 - distance for the inner-product spaces
 
-    HitTable(py::handle hit_type, py::handle id_list, py::handle meta_list, bool l2_space) : l2(l2_space) {
+    HitTable(py::handle hit_type, py::handle id_list, py::handle meta_list, bool l2_space)
+        : ids(id_list), metas(meta_list), l2(l2_space) {
         if (!PyType_Check(hit_type.ptr()) ||
             !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(hit_type.ptr()), &PyTuple_Type))
             throw py::type_error("hit_type must be a tuple subtype");
-        if (!PyList_CheckExact(id_list.ptr()) || !PyList_CheckExact(meta_list.ptr()))
+        if (!PyList_Check(id_list.ptr()) || !PyList_Check(meta_list.ptr()))
             throw py::type_error("ids and metas must be lists");
-        if (PyList_GET_SIZE(id_list.ptr()) != PyList_GET_SIZE(meta_list.ptr()))
+        if (PyList_Size(id_list.ptr()) != PyList_Size(meta_list.ptr()))
             throw std::invalid_argument("ids and metas differ in length");
         type = reinterpret_cast<PyTypeObject*>(hit_type.ptr());
-        ids = reinterpret_cast<PyListObject*>(id_list.ptr())->ob_item;
-        metas = reinterpret_cast<PyListObject*>(meta_list.ptr())->ob_item;
-        size = PyList_GET_SIZE(id_list.ptr());
     }
 
-    // One list of hits per row. A label outside the table or whose id slot is None (deleted) is a bug
-    // upstream: raise, never guess.
+    // A new reference to list[label]; a label outside the list is a bug upstream: raise, never guess.
+    static py::object item(py::handle list, uint64_t label) {
+        if (label >= static_cast<uint64_t>(PyList_Size(list.ptr()))) throw std::out_of_range("hnswlib returned an unknown label");
+        PyObject* o = PyList_GetItem(list.ptr(), static_cast<Py_ssize_t>(label));
+        if (!o) throw py::error_already_set();
+        return py::reinterpret_borrow<py::object>(o);
+    }
+
+    // One list of hits per row. A label whose id slot is None (deleted) is a bug upstream too.
     py::list rows(const uint64_t* lab, const float* dist, py::ssize_t rows, py::ssize_t cols) const {
         const py::ssize_t total = rows * cols;
+        std::vector<py::object> id_of, meta_of;
+        id_of.reserve(static_cast<size_t>(total));
+        meta_of.reserve(static_cast<size_t>(total));
         for (py::ssize_t i = 0; i < total; ++i) {
-            if (lab[i] >= static_cast<uint64_t>(size)) throw std::out_of_range("hnswlib returned an unknown label");
-            // The slots of random labels are cache misses: touch them all first so the misses overlap.
-            __builtin_prefetch(ids + lab[i]);
-            __builtin_prefetch(metas + lab[i]);
+            id_of.push_back(item(ids, lab[i]));
+            meta_of.push_back(item(metas, lab[i]));
+            if (id_of.back().is_none()) throw std::runtime_error("hnswlib returned a deleted label");
         }
-        for (py::ssize_t i = 0; i < total; ++i) __builtin_prefetch(ids[lab[i]], 1);  // its refcount is written
         py::list out(rows);
         for (py::ssize_t r = 0; r < rows; ++r) {
             py::list row(cols);
             for (py::ssize_t c = 0; c < cols; ++c) {
-                const uint64_t label = lab[r * cols + c];
-                if (ids[label] == Py_None) throw std::runtime_error("hnswlib returned a deleted label");
-                const double d = dist[r * cols + c];
-                PyObject* hit = new_hit(type, ids[label], l2 ? -d : 1.0 - d, metas[label]);
+                const py::ssize_t i = r * cols + c;
+                const double d = dist[i];
+                PyObject* hit = new_hit(type, id_of[i].ptr(), l2 ? -d : 1.0 - d, meta_of[i].ptr());
                 if (!hit) throw py::error_already_set();
-                PyList_SET_ITEM(row.ptr(), c, hit);
+                PyList_SetItem(row.ptr(), c, hit);  // steals the reference
             }
-            PyList_SET_ITEM(out.ptr(), r, row.release().ptr());
+            PyList_SetItem(out.ptr(), r, row.release().ptr());
         }
         return out;
     }
@@ -167,17 +203,17 @@ public:
         py::ssize_t shape[1];
         if (!array_data<float>(query, 1, shape) || shape[0] != dim_ || !PyLong_CheckExact(k_obj.ptr()))
             return py::none();
-        const long k = PyLong_AsLong(k_obj.ptr());
+        const long long k = PyLong_AsLongLong(k_obj.ptr());
         if (k < 1) {
             PyErr_Clear();  // an overflow also lands here; the Python path names the problem
             return py::none();
         }
         ReadHold hold(lock_);
-        const py::ssize_t live = PyDict_GET_SIZE(labels_.ptr());
+        const py::ssize_t live = PyDict_Size(labels_.ptr());
         if (live == 0) return py::list();
         py::object found;
         try {
-            found = knn_(query, std::min<py::ssize_t>(k, live), -1, py::none());
+            found = knn_(query, static_cast<py::ssize_t>(std::min<long long>(k, live)), -1, py::none());
         } catch (py::error_already_set& e) {
             if (!e.matches(PyExc_RuntimeError)) throw;
             return py::none();  // the Python path falls back to exact scoring
@@ -209,7 +245,9 @@ void bind_index_helpers(py::module_& m) {
         .def(py::init<>())
         .def("acquire_read", &ReadWriteLock::acquire_read)
         .def("acquire_write", &ReadWriteLock::acquire_write)
-        .def("release", &ReadWriteLock::release, "Release a read or a write hold taken by this thread.");
+        .def("release", [](ReadWriteLock& l) {
+            if (!l.release()) throw std::runtime_error("release() without a read or write hold");
+        }, "Release a read or a write hold taken by this thread.");
     m.def("build_hits", &build_hits, py::arg("hit_type"), py::arg("labels"), py::arg("distances"), py::arg("ids"),
           py::arg("metas"), py::arg("l2"),
           "Lists of hit_type(ids[label], score, metas[label]) from hnswlib's knn_query arrays "

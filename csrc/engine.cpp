@@ -1,7 +1,9 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
+#include <string>
 
 namespace edgeai {
 
@@ -22,9 +24,36 @@ Engine::Engine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int h
 
 void Engine::clear_cache() {
     std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> state(state_mu_);
     cache_.clear();
     live_.clear();
-    last_prompt_.clear();
+}
+
+Engine::KVShape Engine::kv_shape() {
+    std::lock_guard<std::mutex> state(state_mu_);
+    return {kv_.batch_capacity(), kv_.kv_heads(), kv_.max_seq(), kv_.head_dim()};
+}
+
+float* Engine::kv_address(int layer, bool value) {
+    std::lock_guard<std::mutex> state(state_mu_);
+    if (layer < 0 || layer >= kv_.layers())
+        throw std::out_of_range("layer " + std::to_string(layer) + " is outside [0, " + std::to_string(kv_.layers()) + ")");
+    return value ? kv_.value(layer) : kv_.key(layer);
+}
+
+uint64_t Engine::kv_version() {
+    std::lock_guard<std::mutex> state(state_mu_);
+    return kv_.version();
+}
+
+size_t Engine::cache_bytes() {
+    std::lock_guard<std::mutex> state(state_mu_);
+    return cache_.used_bytes();
+}
+
+size_t Engine::cache_entries() {
+    std::lock_guard<std::mutex> state(state_mu_);
+    return cache_.size();
 }
 
 void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r, int n_logits) {
@@ -36,15 +65,16 @@ void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r, i
     r.forward_s += seconds_since(t0);
 }
 
-// Makes row 0 of the cache hold the longest available prefix of `prompt` and returns its length. At least
-// the last prompt token is always recomputed: its logits start generation.
+// Makes row 0 of the cache hold the longest reusable prefix of `prompt` and returns its length: whole
+// prefill chunks only (see engine.h), and never the last prompt token, whose logits start generation.
 int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
     if (!use_cache) return 0;  // the switch turns every kind of reuse off
     const size_t limit = prompt.size() - 1;
-    size_t live = std::min(common_prefix(live_, prompt), limit);
+    const size_t live = aligned(std::min(common_prefix(live_, prompt), limit));
+    std::lock_guard<std::mutex> state(state_mu_);
     size_t shared = 0;
     const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
-    shared = std::min(shared, limit);
+    shared = aligned(std::min(shared, limit));  // entries hold whole chunks, so this never passes their end
     if (hit && shared > live) {
         kv_.restore(hit->kv, static_cast<int>(hit->tokens.size()), static_cast<int>(shared));
         live_.assign(prompt.begin(), prompt.begin() + shared);
@@ -53,6 +83,8 @@ int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
     return static_cast<int>(live);
 }
 
+// Chunks start at multiples of prefill_chunk (`from` is one), so every chunk is computed as in a fresh
+// prefill; only whole chunks join the reusable prefix.
 void Engine::prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r) {
     auto t0 = Clock::now();
     live_.resize(from);
@@ -60,18 +92,18 @@ void Engine::prefill(const std::vector<int32_t>& prompt, int from, GenerateResul
     for (int pos = from; pos < n; pos += prefill_chunk_) {
         int len = std::min(prefill_chunk_, n - pos);
         tokens_.assign(prompt.begin() + pos, prompt.begin() + pos + len);
-        live_.clear();  // until the chunk is written, the cache row is in an unknown state
         forward(1, len, pos, r);
-        live_.assign(prompt.begin(), prompt.begin() + pos + len);
+        if (len == prefill_chunk_) live_.assign(prompt.begin(), prompt.begin() + pos + len);
     }
     r.prefill_s = seconds_since(t0);
 }
 
 GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                                 const TokenCallback& on_token) {
+    const uint64_t ticket = cancel_epoch_.load();  // taken on arrival: a cancel while queued still counts
     std::lock_guard<std::mutex> lock(mu_);
+    ticket_ = ticket;
     auto start = Clock::now();
-    cancel_.store(false);
     if (prompt.empty()) throw std::invalid_argument("prompt is empty: nothing to continue from");
     if (static_cast<int>(prompt.size()) >= kv_.max_seq())
         throw std::length_error("prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
@@ -80,20 +112,32 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
         if (t < 0 || t >= n_vocab_) throw std::invalid_argument("prompt token id " + std::to_string(t) + " is outside the vocabulary");
     if (p.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be >= 1");
     if (p.num_beams < 1) throw std::invalid_argument("num_beams must be >= 1");
+    if (p.num_beams > 1 && 2 * static_cast<int64_t>(p.num_beams) > n_vocab_)
+        throw std::invalid_argument("num_beams must be at most half the vocabulary (" + std::to_string(n_vocab_ / 2) + ")");
+    if (p.num_return_sequences < 1 || p.num_return_sequences > p.num_beams)
+        throw std::invalid_argument("num_return_sequences must be in [1, num_beams]");
     if (p.num_beams == 1 && !chain) throw std::invalid_argument("sampling needs a sampler chain");
     if (p.draft_tokens < 0) throw std::invalid_argument("draft_tokens must be >= 0");
 
     GenerateResult r;
     r.prompt_tokens = static_cast<int>(prompt.size());
-    // Snapshots are taken lazily: only when this request is about to overwrite the previous prompt's KV
-    // in row 0 (a single conversation reuses row 0 directly and never pays for a copy).
-    if (p.use_prompt_cache && !last_prompt_.empty() && common_prefix(live_, last_prompt_) == last_prompt_.size() &&
-        common_prefix(last_prompt_, prompt) < last_prompt_.size())
-        cache_.insert(last_prompt_, kv_.snapshot(static_cast<int>(last_prompt_.size())));
-    last_prompt_.clear();
+    if (cancelled()) {  // cancelled while it waited in the queue: no work at all
+        r.finish_reason = "cancelled";
+        r.sequences.assign(1, {});
+        if (p.num_beams > 1) r.scores.assign(1, -std::numeric_limits<float>::infinity());
+        return r;
+    }
+    // Snapshots are taken lazily: only when this request is about to overwrite the reusable prefix in row 0
+    // (a single conversation reuses row 0 directly and never pays for a copy).
+    if (p.use_prompt_cache && !live_.empty() && common_prefix(live_, prompt) < live_.size()) {
+        auto snap = kv_.snapshot(static_cast<int>(live_.size()));
+        std::lock_guard<std::mutex> state(state_mu_);
+        cache_.insert(live_, std::move(snap));
+    }
     if (p.num_beams > 1 && kv_.batch_capacity() < p.num_beams) {
-        kv_.ensure_batch(p.num_beams);  // a reallocation drops whatever was cached in the rows
-        live_.clear();
+        live_.clear();  // a reallocation drops whatever was cached in the rows
+        std::lock_guard<std::mutex> state(state_mu_);
+        kv_.ensure_batch(p.num_beams);
     }
     int from = reuse_prefix(prompt, p.use_prompt_cache);
     // Positions this request cannot reach hold stale keys/values of an earlier, longer one: give their
@@ -102,7 +146,6 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     kv_.release_from(static_cast<int>(std::min<int64_t>(reach, kv_.max_seq())));
     r.reused_tokens = from;
     prefill(prompt, from, r);
-    if (p.use_prompt_cache && prompt.size() >= 8) last_prompt_ = prompt;
 
     if (p.num_beams > 1)
         beam_loop(prompt, p, r);
@@ -130,7 +173,7 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
     int draft_len = 1;
     r.finish_reason = "length";
     while (true) {
-        if (cancel_.load()) {
+        if (cancelled()) {
             r.finish_reason = "cancelled";
             break;
         }
@@ -144,7 +187,7 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
             break;
         }
         if (on_token && !on_token(tok)) {
-            r.finish_reason = cancel_.load() ? "cancelled" : "stop";
+            r.finish_reason = cancelled() ? "cancelled" : "stop";
             break;
         }
         if (static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq()) break;
@@ -152,7 +195,6 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
             ++pos;
             ++row;
             ++r.draft_accepted;
-            live_.push_back(tok);
             continue;
         }
         if (!drafts.empty())
@@ -164,10 +206,8 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
         tokens_.assign(1, tok);
         tokens_.insert(tokens_.end(), drafts.begin(), drafts.end());
         const int n = static_cast<int>(tokens_.size());
-        live_.clear();  // until the forward writes them, the cache positions are in an unknown state
-        forward(1, n, pos, r, n);
+        forward(1, n, pos, r, n);  // writes positions past the prompt: never part of the reusable prefix
         ++pos;
-        live_.assign(history.begin(), history.begin() + pos);
         row = 0;
         r.draft_proposed += n - 1;
         ++r.decode_steps;
@@ -182,6 +222,7 @@ void Engine::beam_loop(const std::vector<int32_t>& prompt, const GenerateParams&
     const int plen = static_cast<int>(prompt.size());
     const int max_new = std::min(p.max_new_tokens, kv_.max_seq() - plen);
     BeamSearch beams(nb, n_vocab_, p.eos_ids, p.length_penalty, p.early_stopping, max_new);
+    live_.clear();  // rows are about to be reordered: no reusable prefix in row 0, even if a step throws
     auto decode_start = Clock::now();
     double forward_before = r.forward_s;
     // Every beam starts from the prompt: copy its cache row and logits.
@@ -194,7 +235,7 @@ void Engine::beam_loop(const std::vector<int32_t>& prompt, const GenerateParams&
         beams.step(logits_.data());
         if (r.ttft_s == 0) r.ttft_s = r.prefill_s + seconds_since(decode_start);
         if (beams.done()) break;
-        if (cancel_.load()) {
+        if (cancelled()) {
             r.finish_reason = "cancelled";
             break;
         }
@@ -204,7 +245,6 @@ void Engine::beam_loop(const std::vector<int32_t>& prompt, const GenerateParams&
         ++pos;
         ++r.decode_steps;
     }
-    live_.clear();  // rows were reordered: no reusable prefix in row 0
     for (const auto& h : beams.finalize(std::min(p.num_return_sequences, nb))) {
         r.sequences.push_back(h.tokens);
         r.scores.push_back(h.score);

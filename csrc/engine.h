@@ -2,11 +2,21 @@
 // callbacks, cancellation and prefix reuse. The model forward pass is behind `Forward` (forward.h).
 //
 // Threading: generate() calls on one engine are serialised by a mutex (requests queue); cancel() may be
-// called from any thread at any time and stops the generation in flight at the next token.
+// called from any thread at any time: it stops the generation in flight at its next token and every request
+// already waiting in the queue (each request takes a ticket when it arrives; a cancel ends the tickets
+// issued before it). The read-only views (kv_shape, kv_address, cache_bytes, cache_entries) take a second,
+// short-held lock, so they may be read while a generation runs, also from inside the forward pass.
+//
+// Determinism: with int8 activations (MatMulNBits accuracy level 4) the rows one forward pass holds change
+// the rounding, so a position's keys/values depend on how it was computed. The prefix reuse therefore keeps
+// only positions computed exactly as a fresh prefill computes them: whole prefill chunks, aligned at
+// multiples of prefill_chunk from position 0. Positions written by a partial last chunk or by decode steps are
+// recomputed. Then the tokens of a request never depend on the prompt cache or on what ran before.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -57,16 +67,25 @@ public:
 
     GenerateResult generate(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                             const TokenCallback& on_token);
-    void cancel() { cancel_.store(true); }
+    void cancel() { cancel_epoch_.fetch_add(1); }
     void clear_cache();
 
-    KVCache& kv() { return kv_; }
+    struct KVShape {
+        int batch, kv_heads, max_seq, head_dim;
+    };
+    KVShape kv_shape();
+    float* kv_address(int layer, bool value);
+    size_t cache_bytes();
+    size_t cache_entries();
     int max_seq() const { return kv_.max_seq(); }
     int n_vocab() const { return n_vocab_; }
-    PromptCache& prompt_cache() { return cache_; }
+    int prefill_chunk() const { return prefill_chunk_; }
+    uint64_t kv_version();
 
 private:
     using Clock = std::chrono::steady_clock;
+    bool cancelled() const { return cancel_epoch_.load() != ticket_; }
+    size_t aligned(size_t n) const { return n / prefill_chunk_ * prefill_chunk_; }
     int reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache);
     void prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r);
     void forward(int batch, int n_tokens, int past_len, GenerateResult& r, int n_logits = 1);
@@ -80,10 +99,13 @@ private:
     int n_vocab_, prefill_chunk_;
     std::vector<int64_t> tokens_;
     std::vector<float> logits_;
-    std::vector<int32_t> live_;  // tokens whose keys/values are valid in row 0 of the cache, in order
-    std::vector<int32_t> last_prompt_;  // the previous prompt, snapshotted before row 0 is overwritten
-    std::atomic<bool> cancel_{false};
-    std::mutex mu_;
+    // Tokens whose keys/values in row 0 were computed exactly as a fresh prefill computes them (whole,
+    // aligned prefill chunks): the only positions a later request may reuse. Always a multiple of the chunk.
+    std::vector<int32_t> live_;
+    std::atomic<uint64_t> cancel_epoch_{0};
+    uint64_t ticket_ = 0;  // the cancel epoch the running request arrived in
+    std::mutex mu_;        // one generate() at a time
+    std::mutex state_mu_;  // guards the KV buffers' identity and the prompt cache for the read-only views
 };
 
 }  // namespace edgeai

@@ -2,13 +2,23 @@
 
 #include <limits>
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+// Two implementations with the same lane-wise IEEE arithmetic and the same summation order, so they give
+// bit-identical results: GCC/Clang vector types (one instruction per operation; on x86-64 Linux with GCC
+// also cloned for AVX2 and AVX-512, picked at load time), and plain C++17 loops over eight lanes for other
+// compilers (MSVC) or when EDGEAI_PORTABLE_SIMD is defined (tools/check_portable.sh compares the two).
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(EDGEAI_PORTABLE_SIMD)
+#define EDGEAI_VECTOR_TYPES 1
+#endif
+
+#if defined(EDGEAI_VECTOR_TYPES) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
 #define EDGEAI_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define EDGEAI_MULTIVERSION
 #endif
 
 namespace edgeai {
+
+#ifdef EDGEAI_VECTOR_TYPES
 namespace {
 
 typedef float f32x8 __attribute__((vector_size(32)));
@@ -114,5 +124,54 @@ size_t next_block_above(const float* x, size_t from, size_t n, float threshold) 
     }
     return n;
 }
+
+#else  // portable: the same arithmetic, lane by lane
+
+namespace {
+constexpr size_t kLanes = 8;
+}
+
+float max_value(const float* x, size_t n) {
+    float m[kLanes];
+    for (auto& v : m) v = -std::numeric_limits<float>::infinity();
+    size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (size_t j = 0; j < kLanes; ++j) m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    float r = m[0];
+    for (size_t j = 1; j < kLanes; ++j) r = m[j] > r ? m[j] : r;
+    for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+    return r;
+}
+
+float scan_logits(const float* x, size_t n, bool& bad) {
+    const float inf = std::numeric_limits<float>::infinity();
+    bad = false;
+    for (size_t i = 0; i < n; ++i) bad = bad || !(x[i] < inf);  // NaN and +inf
+    return max_value(x, n);
+}
+
+double exp_shifted_sum(const float* x, size_t n, float shift, float scale, float* out) {
+    double lanes[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};  // lane j sums elements j, j+8, j+16, ... in order
+    size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (size_t j = 0; j < kLanes; ++j) {
+            out[i + j] = fast_exp((x[i + j] - shift) * scale);
+            lanes[j] += out[i + j];
+        }
+    for (size_t j = 0; i < n; ++i, ++j) {
+        out[i] = fast_exp((x[i] - shift) * scale);
+        lanes[j] += out[i];
+    }
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+size_t next_block_above(const float* x, size_t from, size_t n, float threshold) {
+    for (size_t i = from; i + kScanBlock <= n; i += kScanBlock)
+        for (size_t j = 0; j < kScanBlock; ++j)
+            if (x[i + j] > threshold) return i;
+    return n;
+}
+
+#endif  // EDGEAI_VECTOR_TYPES
 
 }  // namespace edgeai

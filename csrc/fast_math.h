@@ -3,8 +3,9 @@
 // Written so that every platform computes bit-identical results: only IEEE basic operations, no FMA
 // contraction (setup.py passes -ffp-contract=off), and sums accumulated in a fixed order (8 lanes,
 // whatever the vector width the machine runs). That is what makes "same seed, same logits -> same
-// token" hold across machines. The kernels use GCC/Clang vector types; on x86-64 Linux each is also
-// compiled for AVX2 and AVX-512 and the loader picks the widest the CPU has (no -march=native).
+// token" hold across machines. The kernels use GCC/Clang vector types, with a plain C++17 fallback that
+// computes the same bits (fast_math.cpp); on x86-64 Linux each is also compiled for AVX2 and AVX-512 and the
+// loader picks the widest the CPU has (no -march=native).
 #pragma once
 
 #include <cstddef>

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 namespace edgeai {
 
@@ -21,16 +22,37 @@ KVCache::KVCache(int layers, int kv_heads, int head_dim, int max_seq)
 
 void KVCache::ensure_batch(int batch) {
     if (batch <= batch_) return;
-    buffers_.clear();
-    written_end_ = 0;
+    const size_t floats = row_floats() * static_cast<size_t>(batch);
+    if (floats / static_cast<size_t>(batch) != row_floats() || floats > SIZE_MAX / sizeof(float) / 2)
+        throw std::length_error("KV cache for " + std::to_string(batch) + " rows does not fit in memory");
+    // Allocate everything before giving anything back: if an allocation throws, the old buffers (which the
+    // forward pass may still be bound to) stay valid and nothing changes.
+    std::vector<std::unique_ptr<float[]>> fresh;
+    fresh.reserve(2 * static_cast<size_t>(layers_));
     for (int i = 0; i < 2 * layers_; ++i)
         // new float[] without value-initialisation: pages stay untouched (not resident) until written.
-        buffers_.emplace_back(new float[row_floats() * batch]);
+        fresh.emplace_back(new float[floats]);
+    buffers_.swap(fresh);
+    written_end_ = 0;
     batch_ = batch;
     ++version_;
 }
 
+void KVCache::check_row(int row, const char* what) const {
+    if (row < 0 || row >= batch_)
+        throw std::out_of_range(std::string(what) + " row " + std::to_string(row) + " is outside [0, " +
+                                std::to_string(batch_) + ")");
+}
+
+void KVCache::check_len(int n) const {
+    if (n < 0 || n > max_seq_)
+        throw std::out_of_range("KV length " + std::to_string(n) + " is outside [0, " + std::to_string(max_seq_) + "]");
+}
+
 void KVCache::copy_row(int src, int dst, int n) {
+    check_row(src, "copy_row source");
+    check_row(dst, "copy_row destination");
+    check_len(n);
     if (src == dst) return;
     const size_t run = static_cast<size_t>(n) * head_dim_;
     for (auto& buf : buffers_)
@@ -41,6 +63,11 @@ void KVCache::copy_row(int src, int dst, int n) {
 }
 
 void KVCache::gather_rows(const std::vector<int32_t>& parents, int n) {
+    if (parents.size() > static_cast<size_t>(batch_))
+        throw std::out_of_range("gather_rows: " + std::to_string(parents.size()) + " parents for " +
+                                std::to_string(batch_) + " rows");
+    for (int32_t p : parents) check_row(p, "gather_rows parent");
+    check_len(n);
     const int rows = static_cast<int>(parents.size());
     const size_t run = static_cast<size_t>(n) * head_dim_;
     std::vector<float> tmp(static_cast<size_t>(rows) * kv_heads_ * run);
@@ -58,6 +85,7 @@ void KVCache::gather_rows(const std::vector<int32_t>& parents, int n) {
 }
 
 std::vector<float> KVCache::snapshot(int n) const {
+    check_len(n);
     const size_t run = static_cast<size_t>(n) * head_dim_;
     std::vector<float> out(buffers_.size() * kv_heads_ * run);
     float* o = out.data();
@@ -89,6 +117,7 @@ void KVCache::release_from(int pos) {
 
 void KVCache::restore(const std::vector<float>& snap, int snap_len, int n) {
     const size_t stride = static_cast<size_t>(snap_len) * head_dim_;
+    check_len(n);
     if (n > snap_len || snap.size() < buffers_.size() * kv_heads_ * stride) throw std::logic_error("KV snapshot too short");
     const float* s = snap.data();
     note_written(n);

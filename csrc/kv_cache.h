@@ -20,6 +20,8 @@ public:
     KVCache(int layers, int kv_heads, int head_dim, int max_seq);
 
     // Makes room for `batch` rows; a reallocation keeps nothing (the caller re-fills) and bumps version().
+    // Strong guarantee: if an allocation throws (std::bad_alloc), the old buffers, batch and version stay as
+    // they were, so a forward pass bound to them never touches freed memory.
     void ensure_batch(int batch);
 
     float* key(int layer) { return buffers_[2 * layer].get(); }
@@ -32,9 +34,10 @@ public:
     uint64_t version() const { return version_; }
     size_t bytes_per_position() const { return static_cast<size_t>(2) * layers_ * kv_heads_ * head_dim_ * sizeof(float); }
 
-    // Copies positions [0, n) of row src into row dst (every layer, keys and values).
+    // Copies positions [0, n) of row src into row dst (every layer, keys and values). Rows and n are
+    // checked (std::out_of_range): a bad index would read or write outside the buffers.
     void copy_row(int src, int dst, int n);
-    // Beam reordering: new row b = old row parents[b], positions [0, n).
+    // Beam reordering: new row b = old row parents[b], positions [0, n); checked like copy_row.
     void gather_rows(const std::vector<int32_t>& parents, int n);
     // Compact copy of positions [0, n) of row 0; restore() puts back its first n positions
     // (n <= snap_len, the length the snapshot was taken with).
@@ -50,6 +53,8 @@ public:
 
 private:
     size_t row_floats() const { return static_cast<size_t>(kv_heads_) * max_seq_ * head_dim_; }
+    void check_row(int row, const char* what) const;
+    void check_len(int n) const;
     int layers_, kv_heads_, head_dim_, max_seq_;
     int batch_ = 0;
     int written_end_ = 0;  // no position at or past this was written since the last release

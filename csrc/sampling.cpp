@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 
@@ -205,21 +206,37 @@ void Candidates::probabilities(std::vector<int32_t>& ids, std::vector<float>& pr
 
 namespace {
 
-// Applies f to the effective logit of `id` (stored * scale) wherever the candidate lives.
+// An edited logit stays a number or -inf (banned): a huge penalty or bias must not turn it into +inf or
+// NaN, which would poison the softmax of every token.
+inline float clamp_logit(float v) {
+    if (std::isnan(v)) return -std::numeric_limits<float>::infinity();
+    return std::min(v, std::numeric_limits<float>::max());
+}
+
+// Applies f to the effective logit of `id` (stored * scale) wherever the candidate lives; a banned
+// token (-inf) stays banned.
 template <typename F>
 void edit_token(Candidates& c, int32_t id, F f) {
+    auto edit = [&](float stored) {
+        if (stored == -std::numeric_limits<float>::infinity()) return stored;
+        return clamp_logit(clamp_logit(f(clamp_logit(stored * c.scale))) / c.scale);
+    };
     if (c.is_full()) {
-        c.set_full_value(id, f(c.full_value(id) * c.scale) / c.scale);
+        c.set_full_value(id, edit(c.full_value(id)));
         return;
     }
     auto& ids = c.ids();
     for (size_t i = 0; i < ids.size(); ++i) {
         if (ids[i] == id) {
-            c.logits()[i] = f(c.logits()[i] * c.scale) / c.scale;
+            c.logits()[i] = edit(c.logits()[i]);
             c.sorted = false;
             return;
         }
     }
+}
+
+[[noreturn]] void throw_all_banned() {
+    throw std::invalid_argument("every candidate token is banned (-inf after logit bias and penalties): none can be chosen");
 }
 
 void check_token(int32_t id, int32_t n_vocab, const char* what) {
@@ -281,7 +298,8 @@ public:
             auto& logits = c.logits();
             for (size_t i = 0; i < ids.size(); ++i) {
                 int32_t n = counts_[ids[i]];
-                if (n > 0) logits[i] = penalise(logits[i] * c.scale, n) / c.scale;
+                if (n > 0 && logits[i] != -std::numeric_limits<float>::infinity())
+                    logits[i] = clamp_logit(clamp_logit(penalise(clamp_logit(logits[i] * c.scale), n)) / c.scale);
             }
             c.sorted = false;
         }
@@ -392,13 +410,16 @@ public:
         if (c.is_full()) {
             std::vector<std::pair<float, int32_t>> top;
             c.top_of_full(1, top);
+            if (top.empty() || top[0].first == -std::numeric_limits<float>::infinity()) throw_all_banned();
             return top[0].second;
         }
         auto& ids = c.ids();
         auto& lg = c.logits();
+        if (ids.empty()) throw_all_banned();
         size_t best = 0;
         for (size_t i = 1; i < ids.size(); ++i)
             if (lg[i] > lg[best] || (lg[i] == lg[best] && ids[i] < ids[best])) best = i;
+        if (lg[best] == -std::numeric_limits<float>::infinity()) throw_all_banned();
         return ids[best];
     }
 };
@@ -414,8 +435,10 @@ public:
     int32_t choose(Candidates& c) override {
         const float* x = c.is_full() ? c.full_logits() : c.logits().data();
         size_t n = c.size();
+        const float mx = max_value(x, n);
+        if (n == 0 || mx == -std::numeric_limits<float>::infinity()) throw_all_banned();
         c.scratch.resize(n);
-        double z = exp_shifted_sum(x, n, max_value(x, n), c.scale, c.scratch.data());
+        double z = exp_shifted_sum(x, n, mx, c.scale, c.scratch.data());
         double target = rng_.uniform() * z;
         double cum = 0.0;
         size_t pick = n - 1;
@@ -450,7 +473,8 @@ std::unique_ptr<Sampler> make_penalties(float repetition, float presence, float 
     return std::make_unique<Penalties>(repetition, presence, frequency, last_n);
 }
 std::unique_ptr<Sampler> make_temperature(float t) {
-    if (!(t > 0.0f) || !std::isfinite(t)) throw std::invalid_argument("temperature must be a finite number > 0 here (0 means greedy)");
+    if (!(t > 0.0f) || !std::isfinite(t) || !std::isfinite(1.0f / t))
+        throw std::invalid_argument("temperature must be a finite number > 0 whose inverse is finite here (0 means greedy)");
     return std::make_unique<Temperature>(t);
 }
 std::unique_ptr<Sampler> make_top_k(int32_t k) {
@@ -510,6 +534,7 @@ void SamplerChain::reseed(uint64_t seed) {
 }
 
 std::vector<std::string> SamplerChain::names() const {
+    std::lock_guard<std::mutex> lock(mu_);  // add() may run in another thread
     std::vector<std::string> out;
     for (const auto& s : samplers_) out.push_back(s->name());
     return out;

@@ -104,7 +104,7 @@ private:
     void run_filters(const float* logits, int32_t n_vocab, const TokenHistory& h);
     std::vector<std::unique_ptr<Sampler>> samplers_;
     Candidates cands_;
-    std::mutex mu_;  // a chain holds state (buffers, RNG): calls on one chain are serialised
+    mutable std::mutex mu_;  // a chain holds state (buffers, RNG): calls on one chain, names() too, are serialised
 };
 
 }  // namespace edgeai

@@ -2,9 +2,8 @@
 
 Heavy pieces (ONNX Runtime sessions, the converter) load lazily, so `import edgeai` stays fast.
 """
+from ._core import __version__  # one source: pyproject.toml's version, compiled into the core by setup.py
 from .sampling import Sampler, SamplingParams
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "LLM": ("edgeai.llm", "LLM"),

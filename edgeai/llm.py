@@ -5,7 +5,9 @@ ONNX Runtime runs the forward pass (`edgeai.ort_forward`). This module turns tex
 back, applies stop strings, and streams.
 
 Threads: one LLM may be used from several threads; generations are queued (the engine runs one at a
-time, with the GIL released while the model computes). `cancel()` stops the one in flight.
+time, with the GIL released while the model computes). `cancel()` stops the one in flight and those queued.
+Results never depend on the prompt cache, on what ran before or on the thread: the engine reuses only
+prefixes computed exactly as a fresh prefill computes them (csrc/engine.h).
 """
 from __future__ import annotations
 
@@ -47,6 +49,28 @@ class Generation:
     timings: dict = field(default_factory=dict)
     alternatives: List["Generation"] = field(default_factory=list)  # num_return_sequences > 1 (beams)
     score: Optional[float] = None  # beam score
+
+
+class Stream:
+    """The iterator `LLM.stream` and `LLM.chat(stream=True)` return: text pieces as they are decoded, then
+    `generation`, this call's own `Generation` (None until the iteration has ended). Closing it early
+    (`close()`, `break` then garbage collection) cancels this generation only."""
+
+    def __init__(self, pieces: Iterator[str], box: dict):
+        self._pieces, self._box = pieces, box  # the generator fills box; it holds no reference back to us
+
+    @property
+    def generation(self) -> Optional[Generation]:
+        return self._box.get("gen")
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 class LLM:
@@ -91,6 +115,7 @@ class LLM:
         # the choice can differ from prompt_lookup=0 (as it can with another prefill chunk size); fp32 agrees.
         self.prompt_lookup = _checked_prompt_lookup(prompt_lookup)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        self._per_thread = threading.local()
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
 
@@ -102,9 +127,16 @@ class LLM:
             return [self.generate(p, **kwargs) for p in prompt]
         return self._generate(self._prompt_ids(prompt), kwargs, on_text=None)
 
-    def stream(self, prompt: Prompt, **kwargs) -> Iterator[str]:
-        """Yield text pieces as they are decoded; closing the iterator early cancels the generation."""
+    def stream(self, prompt: Prompt, **kwargs) -> "Stream":
+        """Yield text pieces as they are decoded; closing the iterator early cancels the generation. The
+        returned `Stream` holds this call's `Generation` in `.generation` once the iteration has ended."""
         return self._stream(self._prompt_ids(prompt), kwargs)
+
+    @property
+    def last_generation(self) -> Optional[Generation]:
+        """The Generation of the last stream that this thread consumed to its end (per thread, so concurrent
+        streams in other threads never overwrite it). Prefer the stream's own `.generation`."""
+        return getattr(self._per_thread, "generation", None)
 
     def chat(self, messages: List[dict], stream: bool = False, **kwargs):
         """Apply the model's chat template to `messages` ([{"role", "content"}]) and answer."""
@@ -116,7 +148,8 @@ class LLM:
         return self._stream(ids, kwargs) if stream else self._generate(ids, kwargs, on_text=None)
 
     def cancel(self) -> None:
-        """Stop the generation in flight (from any thread); it returns with finish_reason 'cancelled'."""
+        """Stop the generation in flight and every one already waiting for it (from any thread); they return
+        with finish_reason 'cancelled'. Generations started after the call are not affected."""
         if self._engine is not None:
             self._engine.cancel()
 
@@ -150,6 +183,10 @@ class LLM:
                 raise ValueError("prompt is empty")
             if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
                 raise TypeError("a token-id prompt must be a list of ints")
+            vocab = self._live().n_vocab
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
             return list(prompt)
         raise TypeError(f"prompt must be a str or a list of token ids, not {type(prompt).__name__}")
 
@@ -186,7 +223,10 @@ class LLM:
         if len(ids) <= room:
             return ids
         if gen["truncate"] == "left":
-            keep = max(1, self.context_length - gen["max_new_tokens"])
+            keep = self.context_length - gen["max_new_tokens"]
+            if keep < 1:
+                raise ValueError(f"truncate='left' with max_new_tokens={gen['max_new_tokens']} leaves no room for "
+                                 f"the prompt in a context of {self.context_length} tokens: lower max_new_tokens")
             return ids[-keep:]
         raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.context_length}: "
                          f"shorten it, raise context_length, or pass truncate='left'")
@@ -243,10 +283,14 @@ class LLM:
             "draft_proposed": raw.get("draft_proposed", 0), "draft_accepted": raw.get("draft_accepted", 0),
         }
 
-    def _stream(self, ids, kwargs) -> Iterator[str]:
+    def _stream(self, ids, kwargs) -> "Stream":
         params, gen = self._split_params(kwargs)  # validate before starting the thread
         if gen["num_beams"] > 1:
             raise ValueError("streaming works with sampling/greedy decoding, not beam search")
+        box: dict = {}
+        return Stream(self._stream_pieces(ids, kwargs, box), box)
+
+    def _stream_pieces(self, ids, kwargs, box) -> Iterator[str]:
         pieces: "queue.Queue" = queue.Queue()
         abandoned = threading.Event()  # set when the consumer stops early: ends only this generation
         done = object()
@@ -274,4 +318,4 @@ class LLM:
                 thread.join()
         if "error" in result:
             raise result["error"]
-        self.last_generation = result.get("gen")
+        box["gen"] = self._per_thread.generation = result.get("gen")

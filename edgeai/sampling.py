@@ -15,6 +15,9 @@ import numpy as np
 
 from . import _core
 
+INT32_MAX = 2 ** 31 - 1  # the native chain's token ids and counts are int32
+MIN_TEMPERATURE = 1.0 / float(np.finfo(np.float32).max) * 1.0001  # below it, 1/t overflows float32
+
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
@@ -48,14 +51,17 @@ class SamplingParams:
             if hi is not None and (v > hi or (hi_open and v == hi)):
                 raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v}")
 
-        def integer(name, lo):
+        def integer(name, lo, hi=INT32_MAX):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
-            if v < lo:
-                raise ValueError(f"{name} must be >= {lo}, got {v}")
+            if not lo <= v <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
 
         number("temperature", lo=0.0)
+        if 0.0 < self.temperature < MIN_TEMPERATURE:  # its float32 inverse would be inf
+            raise ValueError(f"temperature must be 0 or at least {MIN_TEMPERATURE:.3g}, "
+                             f"got {self.temperature}")
         integer("top_k", 0)
         number("top_p", lo=0.0, hi=1.0, lo_open=True)
         number("min_p", lo=0.0, hi=1.0)
@@ -66,13 +72,14 @@ class SamplingParams:
         if not isinstance(self.logit_bias, dict):
             raise ValueError("logit_bias must be a dict {token_id: bias}")
         for tok, bias in self.logit_bias.items():
-            if not isinstance(tok, (int, np.integer)) or isinstance(tok, bool) or tok < 0:
-                raise ValueError(f"logit_bias keys must be token ids >= 0, got {tok!r}")
+            if not isinstance(tok, (int, np.integer)) or isinstance(tok, bool) or not 0 <= tok <= INT32_MAX:
+                raise ValueError(f"logit_bias keys must be token ids in [0, {INT32_MAX}], got {tok!r}")
             if not _is_number(bias) or math.isnan(bias) or bias == math.inf:
                 raise ValueError(f"logit_bias[{tok}] must be a finite number or -inf, got {bias!r}")
         if self.seed is not None:
-            if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-                raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+            if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or \
+                    not 0 <= self.seed < 2 ** 64:
+                raise ValueError(f"seed must be an integer in [0, 2**64) or None, got {self.seed!r}")
         return self
 
     @property

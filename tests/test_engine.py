@@ -56,7 +56,7 @@ def test_chunked_prefill_gives_the_same_tokens(chunk):
 
 
 def test_prefix_reuse_skips_work_and_changes_nothing():
-    fake, e = make_engine()
+    fake, e = make_engine(chunk=10)  # the shared 50 tokens are 5 whole prefill chunks
     _, plain = make_engine(cache_mb=0)
     system = list(range(10, 60))
     a, b = system + [1, 2, 3], system + [7, 8]
@@ -69,7 +69,7 @@ def test_prefix_reuse_skips_work_and_changes_nothing():
 
 
 def test_snapshot_cache_serves_an_older_prefix():
-    _, e = make_engine()
+    _, e = make_engine(chunk=10)
     _, plain = make_engine(cache_mb=0)
     p1, p2 = list(range(10, 50)), list(range(50, 90))
     greedy(e, p1)
@@ -83,7 +83,7 @@ def test_snapshot_cache_serves_an_older_prefix():
 def test_stale_kv_pages_go_back_to_the_os_and_nothing_live_is_lost():
     """After a long prompt, a short request releases the cache positions it cannot reach (they read back as
     zero: fresh pages), keeps what it uses, and the long prompt still comes back right (from the snapshot)."""
-    fake, e = make_engine(max_seq=4096)
+    fake, e = make_engine(max_seq=4096, chunk=100)
     _, plain = make_engine(max_seq=4096, cache_mb=0)
     keys = np.ctypeslib.as_array((ctypes.c_float * (4096 * 4)).from_address(e.kv_address(0, False)))
     long_prompt = [int(t) for t in np.random.default_rng(0).integers(1, V, 3000)]
@@ -95,7 +95,7 @@ def test_stale_kv_pages_go_back_to_the_os_and_nothing_live_is_lost():
     assert keys[2990 * 4] == 0.0 and keys[1024 * 4] == 0.0  # released: beyond 4 + 5 new tokens + 1
     assert list(keys[:4 * 4:4]) == short  # written by this request, kept
     again = greedy(e, long_prompt, n=3)
-    assert again["reused_tokens"] == len(long_prompt) - 1
+    assert again["reused_tokens"] == (len(long_prompt) - 1) // 100 * 100  # whole prefill chunks
     assert again["sequences"] == greedy(plain, long_prompt, n=3, use_prompt_cache=False)["sequences"]
 
 
@@ -258,14 +258,14 @@ def test_stops_inside_a_confirmed_draft_and_limits_are_exact():
 
 
 def test_drafts_keep_the_prefix_cache_and_context_end_correct():
-    _, e = make_engine(max_seq=80, **LOOP)
+    _, e = make_engine(max_seq=80, chunk=4, **LOOP)
     _, plain = make_engine(max_seq=80, cache_mb=0, **LOOP)
     first = drafted(e, PROMPT, 6, n=200)  # runs into the end of the context
     assert first["sequences"] == drafted(plain, PROMPT, 0, n=200, use_prompt_cache=False)["sequences"]
     assert len(PROMPT) + len(first["sequences"][0]) <= 80
-    follow = PROMPT + first["sequences"][0][:30]  # continues the cached row: confirmed drafts must be in it
+    follow = PROMPT + first["sequences"][0][:30]  # continues the cached row: only the prompt's chunks are reused
     r = drafted(e, follow, 6, n=20)
-    assert r["reused_tokens"] == len(follow) - 1
+    assert r["reused_tokens"] == len(PROMPT)  # 3 whole chunks; positions written by decode steps are recomputed
     assert r["sequences"] == drafted(plain, follow, 0, n=20, use_prompt_cache=False)["sequences"]
     with pytest.raises(ValueError, match="draft_tokens"):
         drafted(e, PROMPT, -1)

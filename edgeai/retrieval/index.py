@@ -212,6 +212,14 @@ def fsync_replace(tmp: Path, target: Path) -> None:
     fsync_path(target.parent)
 
 
+def _check_hnsw_params(M, ef_construction, ef_search) -> None:
+    """hnswlib does not check these: M=0 crashes it, M=1 divides by log(1) and reports "Not enough memory"."""
+    for name, value, lo, hi in (("M", M, 2, 2048), ("ef_construction", ef_construction, 1, 2 ** 31 - 1),
+                                ("ef_search", ef_search, 1, 2 ** 31 - 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
 class VectorIndex:
     def __init__(self, dim: int, space: str = "cosine", M: int = 16, ef_construction: int = 200,
                  ef_search: int = 64, capacity: int = 1024, threads: int = 1, seed: int = 100):
@@ -219,6 +227,7 @@ class VectorIndex:
             raise ValueError(f"space must be one of {SPACES}")
         if dim < 1:
             raise ValueError("dim must be >= 1")
+        _check_hnsw_params(M, ef_construction, ef_search)
         self.dim, self.space, self.M = int(dim), space, int(M)
         self.ef_construction, self.ef_search, self.seed = int(ef_construction), int(ef_search), int(seed)
         self.threads = threads
@@ -267,6 +276,7 @@ class VectorIndex:
             return np.asarray(self._index.get_items([self._label[str(id_)]])[0], np.float32)
 
     def set_ef(self, ef: int) -> None:
+        _check_hnsw_params(self.M, self.ef_construction, ef)
         with self._lock.write():
             self.ef_search = int(ef)
             self._index.set_ef(self.ef_search)
