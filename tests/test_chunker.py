@@ -1,4 +1,6 @@
 """Chunker: sections never mixed, token budget kept, overlap, long paragraphs windowed, exact offsets."""
+import pytest
+
 from edgeai.retrieval.chunker import Chunker
 from edgeai.retrieval.loaders import Document, parse_markdown
 
@@ -13,11 +15,30 @@ def _para(i, words=10):
 
 def test_sections_and_offsets():
     text = "# A\n\n" + _para(1) + "\n\n## B\n\n" + _para(2) + "\n\n# C\n\n" + _para(3) + "\n"
-    chunks = Chunker(max_tokens=50, overlap_tokens=0).split(_doc(text))
+    chunks = Chunker(max_tokens=50, overlap_tokens=0, min_section_tokens=0).split(_doc(text))
     assert [c.section for c in chunks] == [("A",), ("A", "B"), ("C",)]
     for c in chunks:
         assert text[c.start:c.end] == c.text
     assert chunks[1].text.startswith("## B") and chunks[1].embed_text.startswith("A > B\n")
+
+
+def test_tiny_sections_fold_into_their_parent():
+    # csv-like: a module with a long section, then three one-line helper classes, then a long one
+    text = ("# csv\n\n" + _para(0, 30) + "\n\n## reader\n\n" + _para(1, 40) + "\n\n## excel\n\n" + _para(2, 5)
+            + "\n\n## excel_tab\n\n" + _para(3, 5) + "\n\n### excel_tab.x\n\n" + _para(4, 3)
+            + "\n\n## unix_dialect\n\n" + _para(5, 5) + "\n\n## writer\n\n" + _para(6, 40) + "\n")
+    chunks = Chunker(max_tokens=60, overlap_tokens=0, min_section_tokens=24).split(_doc(text))
+    assert [c.section for c in chunks] == [("csv",), ("csv", "reader"), ("csv",), ("csv", "excel_tab"),
+                                           ("csv",), ("csv", "writer")]
+    tiny = chunks[2]  # excel + excel_tab's heading and text, filed under the parent
+    assert "## excel\n" in tiny.text and "## excel_tab" in tiny.text and tiny.text == text[tiny.start:tiny.end]
+    assert "excel_tab.x" in chunks[3].text and "## unix_dialect" in chunks[4].text
+    joined = " ".join(c.text for c in chunks)
+    assert all(_para(i, n) in joined for i, n in [(0, 30), (1, 40), (2, 5), (3, 5), (4, 3), (5, 5), (6, 40)])
+    # the module's own text is never folded: only sections below another
+    assert Chunker(max_tokens=60, overlap_tokens=0).split(_doc("# top\n\nshort\n"))[0].section == ("top",)
+    with pytest.raises(ValueError):
+        Chunker(min_section_tokens=-1)
 
 
 def test_budget_and_overlap():
