@@ -140,7 +140,8 @@ def test_refuses_when_nothing_relevant(tmp_path):
     rag.add([_docs(tmp_path)])
     ans = rag.ask("quantum chromodynamics lattice gauge")  # no word in common: cosine 0
     assert ans.refused and ans.text == REFUSAL and ans.sources == [] and llm.messages is None
-    assert list(rag.ask("quantum chromodynamics", stream=True)) == [REFUSAL]
+    streamed = rag.ask("quantum chromodynamics", stream=True)
+    assert list(streamed) == [REFUSAL] and streamed.text == REFUSAL and streamed.refused
     ans = rag.ask("push an item onto the heap")
     assert not ans.refused and llm.messages is not None
     assert rag.ask("push an item onto the heap", min_score=1.01).refused  # the floor is a parameter

@@ -27,7 +27,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-CORPUS_VERSION = 3  # bump when the rendering changes, so cached corpora are rebuilt
+CORPUS_VERSION = 4  # bump when the rendering changes, so cached corpora are rebuilt
 
 # Modules with import side effects (open a browser, print, start GUIs) or that are not documentation.
 _SKIP = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "lib2to3", "test", "pydoc_data",
@@ -94,27 +94,51 @@ def _md(doc: str, heading_level: int = 0) -> str:
     return re.sub(r"<[^<>]*? at 0x[0-9a-fA-F]+>", "<...>", _SETEXT.sub(head, doc))
 
 
-def render_module(mod) -> str:
-    """Markdown for one module; only objects defined in it (not re-exports) and with a docstring."""
+def _defined_here(obj, name: str, pages=()) -> bool:
+    """Is obj part of module `name`'s own API: defined in it, in its C accelerator (_name), or in one of its
+    submodules (concurrent.futures.thread, tomllib._parser) that has no page of its own (`pages`), rather
+    than re-exported from elsewhere?"""
+    where = getattr(obj, "__module__", None)
+    return where is None or where in (name, "_" + name.split(".")[-1]) or \
+        (where.startswith(name + ".") and where not in pages)
+
+
+def _class_members(cls, name: str) -> dict:
+    """Public members (and __init__) of cls and of its bases from the same module, the nearest first:
+    argparse.ArgumentParser.add_argument lives in a private base class, yet users call it on the parser."""
+    members: dict = {}
+    for klass in cls.__mro__:
+        if klass is object or not _defined_here(klass, name):
+            continue
+        for m, member in vars(klass).items():
+            if not m.startswith("_") or m == "__init__":
+                members.setdefault(m, member)
+    return members
+
+
+def render_module(mod, pages=()) -> str:
+    """Markdown for one module: its public classes (with their methods) and functions that are defined in it
+    (not re-exports). Functions and methods without a docstring still get their signature heading, so their
+    names can be found."""
     name = mod.__name__
     out = [f"# {name}", "", _md(inspect.cleandoc(mod.__doc__ or f"The {name} module."), heading_level=2), ""]
     public = getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]
     for attr in sorted(set(public)):
         obj = getattr(mod, attr, None)
-        if obj is None or getattr(obj, "__module__", name) not in (name, "_" + name.split(".")[-1], None):
+        if obj is None or not _defined_here(obj, name, pages):
             continue
         doc = _md(inspect.getdoc(obj))
         if inspect.isclass(obj):
             out += [f"## class {name}.{attr}{_sig(obj)}", "", doc or "", ""]
-            for m, member in sorted(vars(obj).items()):
-                if m.startswith("_") and m != "__init__":
-                    continue
+            for m, member in sorted(_class_members(obj, name).items()):
                 fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
-                mdoc = _md(inspect.getdoc(fn)) if callable(fn) or isinstance(member, property) else None
-                if mdoc:
-                    out += [f"### {attr}.{m}{_sig(fn) if callable(fn) else ''}", "", mdoc, ""]
-        elif inspect.isroutine(obj) and doc:
-            out += [f"## {name}.{attr}{_sig(obj)}", "", doc, ""]
+                if not (callable(fn) or isinstance(member, property)):
+                    continue
+                mdoc = _md(inspect.getdoc(fn))
+                if mdoc or (inspect.isroutine(fn) and m != "__init__"):
+                    out += [f"### {attr}.{m}{_sig(fn) if callable(fn) else ''}", ""] + ([mdoc, ""] if mdoc else [])
+        elif inspect.isroutine(obj):
+            out += [f"## {name}.{attr}{_sig(obj)}", ""] + ([doc, ""] if doc else [])
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -131,12 +155,13 @@ def build_corpus(out_dir: Optional[Path] = None, modules: Optional[Iterable[str]
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     n = 0
-    for name in modules or default_modules():
+    modules = list(modules or default_modules())
+    for name in modules:
         try:
             with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")
                 mod = importlib.import_module(name)
-            text = render_module(mod)
+            text = render_module(mod, pages=set(modules))
         except Exception:  # noqa: BLE001 - a module that cannot import here (platform-specific) is just left out
             continue
         tmp = out_dir / f".{name}.md.tmp"

@@ -387,7 +387,8 @@ class RAG:
         retrieved = self.retrieve(question, k=k, filter=filter)
         floor = self.min_score if min_score is None else float(min_score)
         if not retrieved or max(s for _, s in retrieved) < floor:
-            return Answer(REFUSAL, [], stream=iter([REFUSAL]) if stream else None, refused=True)
+            return Answer("", [], stream=iter([REFUSAL]), refused=True) if stream else \
+                Answer(REFUSAL, [], refused=True)
         messages, sources = self.build_messages(question, retrieved, max_new_tokens)
         stop = list(STOP) + list(llm_kwargs.pop("stop", None) or [])
         out = self._chat(messages, stream, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
