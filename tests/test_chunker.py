@@ -80,3 +80,39 @@ def test_text_without_headings_and_empty():
     t = "one two\n\nthree"
     chunks = Chunker().split(Document("x.txt", t, parse_plain(t)))
     assert len(chunks) == 1 and chunks[0].section == () and chunks[0].text == t
+
+
+SPHINX_PAGE = """<html><head><title>csv</title></head><body>
+<div class="body"><section id="csv"><h1>csv \u2014 CSV File Reading and Writing<a class="headerlink" href="#csv">\u00b6</a></h1>
+<p>The csv module implements classes to read and write tabular data.</p>
+<section id="module-contents"><h2>Module Contents<a class="headerlink" href="#mc">\u00b6</a></h2>
+<dl class="py function"><dt id="csv.reader">csv.reader(csvfile, dialect='excel')<a class="headerlink" href="#r">\u00b6</a></dt>
+<dd><p>Return a reader object which will iterate over lines in the given csvfile.</p></dd></dl>
+<dl class="py function"><dt id="csv.writer">csv.writer(csvfile)<a class="headerlink" href="#w">\u00b6</a></dt>
+<dd><p>Return a writer object. This paragraph ends with a pilcrow\u00b6 but is long text, """ + "word " * 80 + """</p></dd></dl>
+</section></section></div>
+<div class="sphinxsidebar"><h3>Table of Contents</h3><ul><li>csv \u2014 CSV File Reading</li><li>Module Contents</li></ul>
+<h4>Previous topic</h4><p>Data Compression</p><h3>Navigation</h3><ul><li>index</li></ul></div></body></html>"""
+
+
+def test_sphinx_html_sections(tmp_path):
+    from edgeai.retrieval.loaders import load_file
+    from edgeai.retrieval.sphinx import refine
+
+    page = tmp_path / "csv.html"
+    page.write_text(SPHINX_PAGE, encoding="utf-8")
+    raw = load_file(page)
+    doc = refine(raw)
+    titles = [(b.level, b.title) for b in doc.blocks if b.level]
+    assert titles == [(1, "csv \u2014 CSV File Reading and Writing"), (2, "Module Contents"),
+                      (3, "csv.reader(csvfile, dialect='excel')"), (3, "csv.writer(csvfile)")]
+    text = " ".join(doc.text[b.start:b.end] for b in doc.blocks)
+    assert "Data Compression" not in text and "Navigation" not in text  # sidebars dropped
+    assert "long text" in text  # a long paragraph ending in the mark stays text
+    chunks = Chunker(max_tokens=200, min_section_tokens=0).split(doc)
+    reader = [c for c in chunks if "reader object" in c.text]
+    assert reader and reader[0].section[-1] == "csv.reader(csvfile, dialect='excel')"
+    assert all(doc.text[c.start:c.end] == c.text for c in chunks)
+    plain = tmp_path / "plain.html"
+    plain.write_text("<h1>Title</h1><p>No permalinks here.</p>")
+    assert refine(load_file(plain)).blocks == load_file(plain).blocks  # not Sphinx: unchanged

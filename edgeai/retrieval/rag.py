@@ -49,6 +49,7 @@ from .chunker import Chunker
 from .docstore import DocStore
 from .index import VectorIndex
 from .loaders import load_paths
+from .sphinx import refine as refine_sphinx
 
 CONTEXT_OPEN = "<sources>"
 CONTEXT_CLOSE = "</sources>"
@@ -252,7 +253,7 @@ class RAG:
                     self.index.delete(self.store.remove_file(f))
                     stats["removed"] += 1
         pending = []  # (path key, digest, size, chunks)
-        for doc in load_paths(paths):
+        for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
             p = Path(doc.source)
             key = str(p.resolve())
             digest = sha256_file(p)
