@@ -44,10 +44,11 @@ def _docs(tmp_path):
 def _cases(tmp_path):
     rows = [
         {"id": "reader", "question": "read rows from a csv file reader", "sources": ["csv.md"],
-         "section": "csv.reader", "contains": ["csv.reader"], "not_contains": ["pandas"]},
+         "section": "csv.reader", "expect": {"contains": ["csv.reader"], "not_contains": ["pandas"]}},
         {"id": "writer", "question": "write one row to a csv file writer writerow", "sources": ["csv.md"],
-         "section": "csv.writer", "any": ["writerow", "writer.write"], "regex": [r"writerow\("]},
-        {"id": "heap", "question": "push item onto the heap", "sources": ["heapq.md"], "contains": ["heappush"]},
+         "section": "csv.writer", "expect": {"contains_any": ["writerow", "writer.write"], "regex": r"writerow\("}},
+        {"id": "heap", "question": "push item onto the heap", "sources": ["heapq.md"],
+         "expect": {"contains": ["heappush"]}},
         {"id": "none", "question": "quantum chromodynamics lattice", "answerable": False},
         {"id": "none2", "question": "push the chocolate cake onto the heap", "answerable": False},
     ]
@@ -59,8 +60,8 @@ def _cases(tmp_path):
 def test_load_cases_validates(tmp_path):
     p = tmp_path / "bad.jsonl"
     for line, msg in [('{"question": ""}', "question"), ('{"question": "q"}', "sources"),
-                      ('{"question": "q", "sources": ["a"], "regex": ["("]}', "bad regex"),
-                      ('{"question": "q", "sources": ["a"], "contains": "x"}', "list of strings"),
+                      ('{"question": "q", "sources": ["a"], "expect": {"regex": "("}}', "bad regex"),
+                      ('{"question": "q", "sources": ["a"]}', "expect"),
                       ("not json", "not JSON"), ("", "no cases")]:
         p.write_text(line + "\n")
         with pytest.raises(ValueError, match=msg):
@@ -71,12 +72,13 @@ def test_shipped_set_is_well_formed():
     cases = load_cases(PYDOC_CASES)
     assert len(cases) >= 60 and sum(not c["answerable"] for c in cases) >= 10
     assert len({c["id"] for c in cases}) == len(cases)
-    assert all(c["section"] and (c["contains"] or c["any"]) for c in cases if c["answerable"])
+    assert all(c["section"] and c["expect"] for c in cases if c["answerable"])
 
 
 def test_checks_relevance_and_citations():
-    case = {"answerable": True, "sources": ["csv.md"], "section": "csv.reader", "contains": ["csv.reader"],
-            "any": ["open(", "with "], "regex": [r"reader\("], "not_contains": ["pandas"]}
+    case = {"answerable": True, "sources": ["csv.md"], "section": "csv.reader",
+            "expect": {"contains": ["csv.reader"], "contains_any": ["open(", "with "], "regex": r"reader\(",
+                       "not_contains": ["pandas"]}}
     assert check_answer("Use csv.reader(f) inside with open(...) [1].", case) == []
     assert len(check_answer("Use pandas.read_csv [1].", case)) == 4
     reader = {"path": "/x/csv.md", "section": ["csv", "csv.reader(csvfile)"], "text": "Return a reader object."}

@@ -4,8 +4,8 @@ answers, including questions the documents cannot answer.
 A case is one JSON line:
   {"id": "csv-reader", "question": "How do I read a CSV file?",
    "sources": ["csv.md"], "section": "csv.reader",            # where the answer is (section: optional)
-   "contains": ["csv.reader"], "any": ["open(", "with "],      # checks on the answer (all optional)
-   "regex": ["csv\\.reader\\("], "not_contains": ["pandas"]}
+   "expect": {"contains": ["csv.reader"], "contains_any": ["open(", "with "],
+              "regex": "csv\\.reader\\(", "not_contains": ["pandas"]}}   # checks as `eval golden`'s
   {"id": "no-pandas", "question": "How do I create a pandas DataFrame?", "answerable": false}
 
 Retrieval: a retrieved chunk is relevant when its file matches one of `sources` (same rule as `eval
@@ -14,9 +14,8 @@ recall@k (share of answerable cases with a relevant chunk in the first k) and MR
 relevant chunk, 0 beyond the deepest k).
 
 Answers (unless retrieval only):
-- correctness: an answerable case is correct when the answer is not a refusal and passes every check
-  (`contains`: each string, `any`: at least one, `regex`: each pattern, `not_contains`: none; all
-  case-insensitive); an unanswerable case is correct when the answer refuses;
+- correctness: an answerable case is correct when the answer is not a refusal and passes every check of
+  `expect` (golden.check, case-insensitive); an unanswerable case is correct when the answer refuses;
 - refusal rate on the unanswerable cases (the retrieval floor or the model's own "do not answer");
 - citation precision: each [n] in an answer counts once; it is precise when source n exists and holds an
   identifier the citing sentence names (`csv.reader`, `heappush()`, `json.dumps`), or, for a sentence naming
@@ -25,7 +24,6 @@ Answers (unless retrieval only):
 """
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import time
@@ -34,36 +32,30 @@ from typing import List, Optional
 
 DATA = Path(__file__).with_name("data")
 PYDOC_CASES = DATA / "rag_pydoc.jsonl"
-_CHECKS = ("contains", "any", "regex", "not_contains")
 
 
 def load_cases(path) -> list:
+    from .golden import CHECKS
+    from .report import read_jsonl
+
     cases = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            c = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for n, c in read_jsonl(path):
         if not isinstance(c, dict) or not isinstance(c.get("question"), str) or not c["question"].strip():
             raise ValueError(f"{path}:{n}: a case needs a non-empty 'question'")
         answerable = c.get("answerable", True)
         srcs = c.get("sources") or ([c["source"]] if c.get("source") else [])
         if answerable and not srcs:
             raise ValueError(f"{path}:{n}: an answerable case needs 'sources' (or set \"answerable\": false)")
-        for key in _CHECKS:
-            if not isinstance(c.get(key, []), list) or not all(isinstance(x, str) for x in c.get(key, [])):
-                raise ValueError(f"{path}:{n}: '{key}' must be a list of strings")
-        for pat in c.get("regex", []):
+        expect = c.get("expect", {})
+        if not isinstance(expect, dict) or (answerable and not any(k in expect for k in CHECKS)):
+            raise ValueError(f"{path}:{n}: an answerable case needs 'expect' with one of {', '.join(CHECKS)}")
+        if "regex" in expect:
             try:
-                re.compile(pat)
-            except re.error as exc:
-                raise ValueError(f"{path}:{n}: bad regex {pat!r} ({exc})") from None
+                re.compile(expect["regex"])
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: bad regex {expect['regex']!r} ({exc})") from None
         cases.append({"id": str(c.get("id", f"case{n}")), "question": c["question"], "answerable": bool(answerable),
-                      "sources": [str(s) for s in srcs], "section": c.get("section"),
-                      **{k: list(c.get(k, [])) for k in _CHECKS}})
+                      "sources": [str(s) for s in srcs], "section": c.get("section"), "expect": expect})
     if not cases:
         raise ValueError(f"{path}: no cases")
     return cases
@@ -85,13 +77,9 @@ def is_relevant(chunk: dict, case: dict) -> bool:
 
 def check_answer(text: str, case: dict) -> List[str]:
     """The checks an answer fails (empty: it passes)."""
-    low = text.lower()
-    failed = [f"contains {s!r}" for s in case["contains"] if s.lower() not in low]
-    if case["any"] and not any(s.lower() in low for s in case["any"]):
-        failed.append(f"any of {case['any']}")
-    failed += [f"regex {p!r}" for p in case["regex"] if not re.search(p, text, re.I)]
-    failed += [f"must not contain {s!r}" for s in case["not_contains"] if s.lower() in low]
-    return failed
+    from .golden import check
+
+    return check({**case["expect"], "ignore_case": True}, text)[1]
 
 
 _IDENT = re.compile(r"`([^`\n]+)`|\b([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)\b|\b([A-Za-z_]\w*)\(")
