@@ -59,11 +59,12 @@ def evaluate(rag, questions: list, key, wanted, deepest: int = 20) -> dict:
     """key(chunk) -> the unit a question is answered by (page, FAQ section); wanted(item, unit) -> bool."""
     out = {}
     for mode in MODES:
-        ranks, lat = [], []
+        ranks, lat, best = [], [], []
         for item in questions:
             t = time.perf_counter()
             got = rag.retrieve(item["q"], k=4 * deepest, mode=mode)
             lat.append(time.perf_counter() - t)
+            best.append(max((s for _, s in got), default=0.0))
             units = list(dict.fromkeys(u for u in (key(c) for c, _ in got) if u is not None))[:deepest]
             ranks.append(next((i + 1 for i, u in enumerate(units) if wanted(item, u)), None))
         n = len(ranks)
@@ -71,6 +72,9 @@ def evaluate(rag, questions: list, key, wanted, deepest: int = 20) -> dict:
                      "recall@5": round(sum(1 for r in ranks if r and r <= 5) / n, 3),
                      "mrr": round(sum(1 / r for r in ranks if r) / n, 3),
                      "query_ms_median": round(1000 * statistics.median(lat), 1),
+                     # answerable questions that `ask` would refuse: best cosine below the floor
+                     "below_min_score": round(sum(b < rag.min_score for b in best) / n, 3),
+                     "best_score_min": round(min(best), 3),
                      "misses@5": [q["q"] for q, r in zip(questions, ranks) if not r or r > 5]}
     return out
 
@@ -78,9 +82,10 @@ def evaluate(rag, questions: list, key, wanted, deepest: int = 20) -> dict:
 def print_table(title: str, res: dict, build: dict) -> None:
     print(f"{title}: {build.get('files', '?')} files, {build.get('chunks', '?')} chunks, "
           f"index built in {build.get('seconds', '?')} s")
-    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'query ms':>9}")
+    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'query ms':>9} {'refused':>8}")
     for mode, r in res.items():
-        print(f"{mode:8} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {r['mrr']:6.3f} {r['query_ms_median']:9.1f}")
+        print(f"{mode:8} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {r['mrr']:6.3f} {r['query_ms_median']:9.1f} "
+              f"{r['below_min_score']:8.3f}")
 
 
 def main(argv=None) -> int:

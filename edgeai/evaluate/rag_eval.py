@@ -11,7 +11,8 @@ A case is one JSON line:
 Retrieval: a retrieved chunk is relevant when its file matches one of `sources` (same rule as `eval
 retrieval`) and, when `section` is given, its heading path or one of its own heading lines names it. Reported:
 recall@k (share of answerable cases with a relevant chunk in the first k) and MRR (1/rank of the first
-relevant chunk, 0 beyond the deepest k).
+relevant chunk, 0 beyond the deepest k), and the same at the level of files alone (`sources`: the right page,
+any section of it) as source_recall@k and source_mrr.
 
 Answers (unless retrieval only):
 - correctness: an answerable case is correct when the answer is not a refusal and passes every check of
@@ -61,12 +62,12 @@ def load_cases(path) -> list:
     return cases
 
 
-def is_relevant(chunk: dict, case: dict) -> bool:
+def is_relevant(chunk: dict, case: dict, section: bool = True) -> bool:
     from .retrieval_eval import _matches
 
     if not any(_matches(chunk["path"], s) for s in case["sources"]):
         return False
-    sec = case.get("section")
+    sec = case.get("section") if section else None
     if not sec:
         return True
     if sec.lower() in " > ".join(chunk["section"]).lower():
@@ -137,7 +138,7 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
 
     cases = load_cases(cases) if isinstance(cases, (str, Path)) else list(cases)
     deepest = max(max(ks), k)
-    per, ranks = [], []
+    per, ranks, file_ranks = [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -147,11 +148,13 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
         hits = rag.retrieve(case["question"], k=deepest)
         retrieval_s = time.perf_counter() - t0
         rank = next((i for i, (c, _) in enumerate(hits, 1) if is_relevant(c, case)), None)
-        row = {"id": case["id"], "answerable": case["answerable"], "rank": rank,
+        file_rank = next((i for i, (c, _) in enumerate(hits, 1) if is_relevant(c, case, section=False)), None)
+        row = {"id": case["id"], "answerable": case["answerable"], "rank": rank, "source_rank": file_rank,
                "top": [f"{Path(c['path']).name}: {' > '.join(c['section'])}"[:120] for c, _ in hits[:3]],
                "top_score": round(hits[0][1], 4) if hits else None, "retrieval_s": round(retrieval_s, 4)}
         if case["answerable"]:
             ranks.append(rank)
+            file_ranks.append(file_rank)
         if answer:
             t0 = time.perf_counter()
             ans = rag.ask(case["question"], k=k, stream=True, max_new_tokens=max_new_tokens, **ask_kwargs)
@@ -187,7 +190,8 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
     out = {"meta": run_meta(command="eval rag", mode=getattr(rag, "mode", None), k=k,
                             min_score=getattr(rag, "min_score", None)),
            "cases": len(per), "answerable": len(answerable), "unanswerable": len(unanswerable),
-           "retrieval": {**score(ranks, ks), "median_s": statistics.median(r["retrieval_s"] for r in per)}}
+           "retrieval": {**score(ranks, ks), **{f"source_{key}": v for key, v in score(file_ranks, ks).items()},
+                         "median_s": statistics.median(r["retrieval_s"] for r in per)}}
     # what the score floor alone decides: unanswerable cases whose best chunk is below it
     floor = getattr(rag, "min_score", None)
     if floor is not None and unanswerable:
@@ -217,8 +221,10 @@ def format_report(r: dict) -> str:
     ks = [key for key in ret if key.startswith("recall@")]
     lines = [f"{r['cases']} cases ({r['answerable']} answerable, {r['unanswerable']} not), "
              f"mode {r['meta'].get('mode')}, k {r['meta'].get('k')}",
-             "retrieval   " + "  ".join(f"{key} {ret[key]:.3f}" for key in ks) + f"  MRR {ret['mrr']:.3f}"
-             + f"  (median {ret['median_s'] * 1000:.0f} ms/query)"]
+             "section     " + "  ".join(f"{key} {ret[key]:.3f}" for key in ks) + f"  MRR {ret['mrr']:.3f}"
+             + f"  (median {ret['median_s'] * 1000:.0f} ms/query)",
+             "page        " + "  ".join(f"{key} {ret['source_' + key]:.3f}" for key in ks)
+             + f"  MRR {ret['source_mrr']:.3f}"]
     if "floor_refuses_unanswerable" in ret:
         lines.append(f"score floor {r['meta'].get('min_score')}: refuses {ret['floor_refuses_unanswerable']:.0%} "
                      f"of unanswerable, {ret['floor_refuses_answerable']:.0%} of answerable cases")

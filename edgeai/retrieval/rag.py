@@ -70,11 +70,12 @@ STORE_FILE = "docs.sqlite"
 CACHE_FILE = "embcache.sqlite"
 MODES = ("hybrid", "dense", "lexical")
 RRF_K = 60          # the usual constant of reciprocal rank fusion: damps the difference between top ranks
+LEXICAL_WEIGHT = 0.5  # the lexical list's share in the fusion (the dense list's is 1): measured, docs/retrieval.md
 CANDIDATES = 40     # chunks each side proposes before fusion
 DUPLICATE_JACCARD = 0.8  # word-trigram overlap above which a chunk repeats a better-ranked one
 # Below this cosine (question vs best chunk) nothing retrieved is about the question: answer with REFUSAL.
 # Measured with all-MiniLM-L6-v2 on the shipped eval set (docs/retrieval.md).
-MIN_SCORE = 0.30
+MIN_SCORE = 0.38
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _REFUSAL_RE = re.compile(
@@ -313,7 +314,7 @@ class RAG:
             if filter is not None:
                 lex = [(i, s) for i, s in lex if i in self.index and _passes(filter, self.index.get_metadata(i))]
             for r, (i, _) in enumerate(lex[:n_cand]):
-                ranked[i] = ranked.get(i, 0.0) + 1.0 / (RRF_K + r + 1)
+                ranked[i] = ranked.get(i, 0.0) + LEXICAL_WEIGHT / (RRF_K + r + 1)
         order = sorted(ranked, key=lambda i: -ranked[i])
         chunks = self.store.get_chunks(order[:max(n_cand, 4 * k)])
         out: List[Tuple[dict, float]] = []
