@@ -66,8 +66,10 @@ def main(argv=None) -> int:
         cos = (vecs[m] * vecs[base]).sum(1)
         rows.append({"model": m, "quant": embs[args.models.index(m)].quant, "texts": len(texts), "tokens": n_tok,
                      "seconds_median": round(med, 3), "texts_per_s": round(len(texts) / med, 1),
-                     "tokens_per_s": round(n_tok / med), "speed_vs_first": round(statistics.median(times[base]) / med, 3),
-                     "cosine_to_first_min": round(float(cos.min()), 5), "cosine_to_first_mean": round(float(cos.mean()), 5)})
+                     "tokens_per_s": round(n_tok / med),
+                     "speed_vs_first": round(statistics.median(times[base]) / med, 3),
+                     "cosine_to_first_min": round(float(cos.min()), 5),
+                     "cosine_to_first_mean": round(float(cos.mean()), 5)})
     print(f"{len(texts)} chunks, {n_tok} tokens, {args.rounds} interleaved rounds, batch {args.batch}")
     print(f"{'model':28} {'texts/s':>8} {'tokens/s':>9} {'x first':>8} {'cos min':>8} {'cos mean':>9}")
     for r in rows:

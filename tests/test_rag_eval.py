@@ -99,7 +99,7 @@ def test_rag_eval_counts_everything(tmp_path):
     rag.llm = ScriptedLLM({
         "cake": "Mix flour and sugar.",                                        # answers an unanswerable case
         "reader": "Use csv.reader(f) [1] to read rows.",                     # correct, precise
-        "writer": "Use `csv.writer(f)` and writerow [3].",                    # fails its regex (no "writerow("); [3] is no source
+        "writer": "Use `csv.writer(f)` and writerow [3].",  # fails its regex (no "writerow("); [3]: no source
         "heap": "Call heapq.heappush(heap, item) [1]. Also see heapq.heapify() [1].",  # 1 of 2 precise
     })
     r = rag_eval(_cases(tmp_path), rag, k=2, ks=(1, 2))

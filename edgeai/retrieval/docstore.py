@@ -11,6 +11,7 @@ before lexical search existed) gets them rebuilt when it opens.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -31,6 +32,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(title, body, tokenize="
 """ % FTS_TOKENIZE.replace('"', '""')
 # bm25 column weights (title, body): a term in the heading path says more about the chunk than one in its text.
 FTS_WEIGHTS = (2.0, 1.0)
+FTS_VERSION = 2  # bump when _fts_row changes: stores with other rows get them rebuilt on open
 
 
 class DocStore:
@@ -49,17 +51,19 @@ class DocStore:
         self._sync_fts()
 
     def _sync_fts(self) -> None:
-        """Rebuild the FTS rows when they do not match the chunks (a store from before lexical search)."""
+        """Rebuild the FTS rows when they do not match the chunks (a store from before lexical search, or
+        from another FTS_VERSION)."""
         with self._lock:
             n_fts = self._db.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()[0]
             n = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-            if n_fts == n:
+            if n_fts == n and self.get_meta("fts_version") == FTS_VERSION:
                 return
             with self._db:
                 self._db.execute("DELETE FROM chunks_fts")
                 rows = self._db.execute("SELECT rowid, section, text FROM chunks").fetchall()
                 self._db.executemany("INSERT INTO chunks_fts(rowid, title, body) VALUES (?, ?, ?)",
                                      [(r, *_fts_row(json.loads(sec), text)) for r, sec, text in rows])
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('fts_version', ?)", (json.dumps(FTS_VERSION),))
 
     def close(self):
         with self._lock:
@@ -150,4 +154,9 @@ class DocStore:
 
 
 def _fts_row(section, text: str) -> Tuple[str, str]:
-    return index_text(" ".join(section)), index_text(text)
+    # A heading's parameter list (`json.dumps(obj, *, skipkeys=False, ...)`) names arguments, not the topic:
+    # only the name goes into the weighted title column (the parameters stay searchable in the body).
+    return index_text(" ".join(TITLE_PARAMS.sub("", t) for t in section)), index_text(text)
+
+
+TITLE_PARAMS = re.compile(r"(?<=\w)\(.*\)\s*(->.*)?$")
