@@ -55,10 +55,43 @@ def open_index(docs: Path, index: Path, model: str, quant=None):
     return rag, rag.store.get_meta("bench_build", {})
 
 
-def evaluate(rag, questions: list, key, wanted, deepest: int = 20) -> dict:
+class LexicalOnly:
+    """The lexical half alone, without embedding anything: chunks exactly as `edgeai index` cuts them, in a
+    DocStore whose vectors are zeros. For a quick figure on a set too big to embed here (--lexical-only)."""
+
+    def __init__(self, docs: Path, index: Path, model: str):
+        import numpy as np
+
+        from edgeai.retrieval.chunker import Chunker
+        from edgeai.retrieval.docstore import DocStore
+        from edgeai.retrieval.embedder import Embedder
+        from edgeai.retrieval.loaders import load_paths
+        from edgeai.retrieval.sphinx import refine
+
+        index.mkdir(parents=True, exist_ok=True)
+        self.store = DocStore(index / "lexical.sqlite")
+        self.min_score = float("-inf")
+        t = time.perf_counter()
+        if not self.store.count():
+            chunker = Chunker.for_embedder(Embedder(model))  # its tokenizer only: nothing is embedded
+            for doc in map(refine, load_paths([docs])):
+                cs = chunker.split(doc)
+                rows = [{"id": f"{doc.source}#{i}", "section": c.section, "start": c.start, "end": c.end,
+                         "text": c.text} for i, c in enumerate(cs)]
+                self.store.replace_file(doc.source, "-", 0, rows, np.zeros((len(rows), 1), np.float32))
+            self.store.set_meta("bench_build", {"seconds": round(time.perf_counter() - t, 1),
+                                                "chunks": self.store.count(), "files": len(self.store.files())})
+
+    def retrieve(self, question, k=20, mode=None):
+        hits = self.store.search_lexical(question, k)
+        chunks = self.store.get_chunks([i for i, _ in hits])
+        return [(chunks[i], s) for i, s in hits if i in chunks]
+
+
+def evaluate(rag, questions: list, key, wanted, deepest: int = 20, modes=MODES) -> dict:
     """key(chunk) -> the unit a question is answered by (page, FAQ section); wanted(item, unit) -> bool."""
     out = {}
-    for mode in MODES:
+    for mode in modes:
         ranks, lat, best = [], [], []
         for item in questions:
             t = time.perf_counter()
@@ -96,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quant", default=None)
     ap.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/bench/index-NAME)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--lexical-only", action="store_true",
+                    help="no embeddings: chunk and index for FTS only, report the lexical mode")
     args = ap.parse_args(argv)
     from edgeai.paths import cache_dir
     if args.docs is None:
@@ -103,12 +138,17 @@ def main(argv=None) -> int:
     docs = args.docs.resolve()
     index = args.index or cache_dir() / "bench" / f"index-{docs.name}-{Path(str(args.model)).name}"
     questions = json.loads(args.questions.read_text())["questions"]
-    rag, build = open_index(docs, index, args.model, args.quant)
+    if args.lexical_only:
+        rag = LexicalOnly(docs, index, args.model)
+        build = rag.store.get_meta("bench_build", {})
+    else:
+        rag, build = open_index(docs, index, args.model, args.quant)
 
     def page(chunk):
         return Path(chunk["path"]).relative_to(docs).as_posix() if chunk["path"].startswith(str(docs)) else None
 
-    res = evaluate(rag, questions, page, lambda item, p: p in item["pages"])
+    res = evaluate(rag, questions, page, lambda item, p: p in item["pages"],
+                   modes=("lexical",) if args.lexical_only else MODES)
     print_table(f"{docs} ({len(questions)} questions)", res, build)
     if args.json:
         args.json.write_text(json.dumps({"docs": str(docs), "build": build, "results": res}, indent=2))
