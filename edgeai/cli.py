@@ -14,6 +14,7 @@ _COMMANDS = [
     "edgeai.commands.retrieval",
     "edgeai.commands.evaluate",
     "edgeai.commands.bench",
+    "edgeai.commands.serve",
 ]
 
 

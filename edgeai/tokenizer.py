@@ -1,31 +1,34 @@
 """Run-time tokenizer: encode/decode with the `tokenizers` library, chat templates, streaming detokenization.
 
-Chat templates are Jinja; we render them with jinja2 when it is installed (exact), else with a small built-in
-ChatML renderer that covers SmolLM2-style templates (including the template's default system prompt), so
-jinja2 is not a hard dependency.
+Chat templates are the model's own Jinja templates, rendered exactly as transformers does (edgeai.chat_template).
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-_CHATML_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", re.S)
-# Tokens that end a turn in common chat formats; included in eos_token_ids when the vocabulary has them.
-_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
+# Tokens that end a turn, by their text: llama.cpp's end-of-generation list (llama-vocab.cpp). They end
+# generation when the vocabulary has them as special tokens, besides the ones the source names itself.
+END_OF_GENERATION_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>",
+                            "<|end_of_text|>", "<end_of_turn>", "<|return|>", "<|call|>", "<EOT>", "</s>")
 
 
 class Tokenizer:
+    """special_tokens: {"bos", "eos", "pad", "unk": token text or None, and optionally "eog": [token texts]}, where
+    "eog" lists the tokens the source itself names as ends of generation (a GGUF's eot/eom ids, an HF folder's
+    generation_config.json eos_token_id). eos_token_ids (a model folder's manifest) overrides the derived list."""
+
     def __init__(self, tokenizer_json: str, chat_template: str | None = None, special_tokens: dict | None = None,
                  eos_token_ids=None):
         from tokenizers import Tokenizer as _Tok
 
         self._tok = _Tok.from_str(tokenizer_json)
         self.chat_template = chat_template
+        self._compiled = None
         sp = special_tokens or {}
         self.bos_token, self.eos_token = sp.get("bos"), sp.get("eos")
         self.pad_token, self.unk_token = sp.get("pad"), sp.get("unk")
-        self.eos_token_ids = list(eos_token_ids) if eos_token_ids else self._default_eos_ids()
+        self.eos_token_ids = list(eos_token_ids) if eos_token_ids else self._default_eos_ids(sp.get("eog"))
 
     @classmethod
     def from_folder(cls, folder) -> "Tokenizer":
@@ -40,9 +43,14 @@ class Tokenizer:
         return cls(tj.read_text(encoding="utf-8"), info.get("chat_template"),
                    {k: info.get(f"{k}_token") for k in ("bos", "eos", "pad", "unk")}, info.get("eos_token_ids"))
 
-    def _default_eos_ids(self) -> list:
+    def _default_eos_ids(self, eog=None) -> list:
+        """The eos token, then the tokens the source names as ends (eog), then the special tokens whose text
+        says "end of turn" (as llama.cpp does). Only *special* tokens count by text: Qwen's vocabulary also
+        has "</s>" as ordinary text (an HTML tag), which must not end generation."""
+        special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        named = [t for t in END_OF_GENERATION_TOKENS if t in special]
         ids = []
-        for t in ((self.eos_token,) + _STOP_TOKENS):
+        for t in [self.eos_token, *(eog or ()), *named]:
             i = self.token_to_id(t) if t else None
             if i is not None and i not in ids:
                 ids.append(i)
@@ -81,54 +89,24 @@ class Tokenizer:
         return DecodeStream(self, skip_special_tokens)
 
     # --- chat -----------------------------------------------------------------------------------------
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True, renderer: str = "auto",
-                            **kwargs) -> str:
-        """Render [{"role", "content"}, ...] to prompt text. renderer: "auto" (jinja2 if installed),
-        "jinja2" or "builtin" (ChatML only)."""
-        messages = [dict(m) for m in messages]
-        if renderer in ("auto", "jinja2") and self.chat_template:
-            try:
-                import jinja2  # noqa: F401
-            except ImportError:
-                if renderer == "jinja2":
-                    raise
-            else:
-                return self._render_jinja(messages, add_generation_prompt, **kwargs)
-        return self._render_chatml(messages, add_generation_prompt)
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tools=None, documents=None,
+                            **variables) -> str:
+        """[{"role", "content"}, ...] -> prompt text, byte-identical to transformers' apply_chat_template(...,
+        tokenize=False). Raises ChatTemplateError (a ValueError) naming what the template refused."""
+        # imported here: jinja2 pulls in hashlib (OpenSSL, 3.5 MB resident), which plain generation never needs
+        from .chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
 
-    def _render_jinja(self, messages, add_generation_prompt, **kwargs) -> str:
-        from jinja2.exceptions import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(msg):
-            raise TemplateError(msg)
-
-        # Same environment settings as transformers, so templates render identically.
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
-
-    def _render_chatml(self, messages, add_generation_prompt) -> str:
-        t = self.chat_template
-        if t is not None and "<|im_start|>" not in t:
-            raise ValueError("this model's chat template is not ChatML; rendering it needs jinja2 "
-                             "(pip install jinja2)")
-        if t is None and self.token_to_id("<|im_start|>") is None:
-            raise ValueError("this model has no chat template")
-        out = []
-        # A template that injects a system turn when the first message is not one (SmolLM2) does so here too.
-        m = _CHATML_SYSTEM.search(t or "")
-        if m and "messages[0]['role'] != 'system'" in t.replace('"', "'") and \
-                (not messages or messages[0].get("role") != "system"):
-            out.append(f"<|im_start|>system\n{m.group(1).replace(chr(92) + 'n', chr(10))}<|im_end|>\n")
-        for msg in messages:
-            out.append(f"<|im_start|>{msg['role']}\n{msg['content']}<|im_end|>\n")
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
+        if self._compiled is None:
+            template = self.chat_template
+            if template is None:
+                if self.token_to_id("<|im_start|>") is None or self.token_to_id("<|im_end|>") is None:
+                    raise ChatTemplateError("this model has no chat template")
+                template = CHATML_TEMPLATE
+            self._compiled = ChatTemplate(template)
+        specials = {f"{k}_token": v for k, v in (("bos", self.bos_token), ("eos", self.eos_token),
+                                                 ("unk", self.unk_token), ("pad", self.pad_token)) if v is not None}
+        return self._compiled.render(messages, add_generation_prompt, tools=tools, documents=documents,
+                                     **{**specials, **variables})
 
 
 class DecodeStream:

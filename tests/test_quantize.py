@@ -66,12 +66,13 @@ def test_gguf_blocks_map_exactly(rng):
     assert Q.from_block_quantized(to_q4_1(w), bits=8).dequantize() == pytest.approx(to_q4_1(w).dequantize())
 
 
-def test_mixed_group_falls_back(rng):
+def test_mixed_group_splits_into_runs(rng):
     w = rng.standard_normal((8, 64)).astype(np.float32)
-    parts = [to_q4_1(w), to_q8_0(w)]
-    g = Q.map_group(parts, "q4")  # mixed GGUF kinds: exact in 8 bits
-    assert g.shape == (16, 64) and g.bits == 8
-    np.testing.assert_allclose(g.dequantize(), np.concatenate([p.dequantize() for p in parts]), atol=1e-6)
+    parts = [to_q4_1(w), to_q4_1(2 * w), to_q8_0(w)]
+    g = Q.map_group(parts, "q4")  # mixed GGUF kinds: one fused 4-bit run, then the 8-bit part, each exact
+    assert isinstance(g, list) and [(x.shape, x.bits) for x in g] == [((16, 64), 4), ((8, 64), 8)]
+    np.testing.assert_allclose(np.concatenate([x.dequantize() for x in g]),
+                               np.concatenate([p.dequantize() for p in parts]), atol=1e-6)
     g = Q.map_group([to_q4_1(w), w], "q4")  # 4-bit both: Q4_1 part exact, float part quantized
     assert g.bits == 4
     np.testing.assert_allclose(g.dequantize()[:8], parts[0].dequantize(), atol=1e-6)

@@ -101,44 +101,6 @@ def test_small_vocab_tiny_tokenizer():
     assert tok.decode(tok.encode("plain ascii 123\n")) == "plain ascii 123\n"
 
 
-def test_chat_template_builtin(tiny_tok):
-    msgs = [{"role": "user", "content": "Hi!"}]
-    assert tiny_tok.apply_chat_template(msgs, renderer="builtin") == (
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-        "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n")
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
-    assert tiny_tok.apply_chat_template(msgs, add_generation_prompt=False, renderer="builtin") == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n")
-
-
-def test_chat_template_jinja_matches_builtin(tiny_tok):
-    pytest.importorskip("jinja2")
-    for msgs in ([{"role": "user", "content": "Hi!"}],
-                 [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]):
-        for gen in (True, False):
-            assert tiny_tok.apply_chat_template(msgs, gen, renderer="jinja2") == \
-                tiny_tok.apply_chat_template(msgs, gen, renderer="builtin")
-
-
-def test_non_chatml_template_needs_jinja(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_jinja(name, *a, **k):
-        if name.startswith("jinja2"):
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_jinja)
-    tok = Tokenizer(make_tiny_tokenizer_json(300), "{% for m in messages %}[INST] {{ m['content'] }}{% endfor %}",
-                    SPECIALS)
-    with pytest.raises(ValueError, match="jinja2"):
-        tok.apply_chat_template([{"role": "user", "content": "x"}])
-
-
 def test_from_folder(tmp_path):
     (tmp_path / "tokenizer.json").write_text(make_tiny_tokenizer_json(300))
     (tmp_path / "edgeai.json").write_text(json.dumps({"tokenizer": {

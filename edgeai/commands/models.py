@@ -15,8 +15,13 @@ def _pull(args) -> int:
     from ..pull import pull
 
     t = time.time()
-    out = pull(args.name, quant=args.quant, force=args.force)
+    steps = {}
+    out = pull(args.name, quant=args.quant, force=args.force, timings=steps)
     print(f"{args.name}: {out} ({_size(out)}, {time.time() - t:.1f}s)")
+    if steps:  # per step: fetching + checking the source, then converting it
+        rss = steps.get("source_peak_rss_mb")
+        print(f"  source {steps['source_s']:.1f}s" + (f" (peak RSS by then {rss:.0f} MB)" if rss else "")
+              + f", convert {steps['convert_s']:.1f}s")
     return 0
 
 
@@ -35,13 +40,17 @@ def _convert(args) -> int:
 
 
 def _models(args) -> int:
-    from ..pull import model_dir
-    from ..recipes import QUANTS, list_recipes
+    from ..pull import cached_quants, source_status
+    from ..recipes import list_recipes
 
-    for name, r in list_recipes().items():
-        have = [q for q in QUANTS if model_dir(name, q).is_dir()]
-        print(f"{name:16} {r.kind:9} {r.licence:11} {r.description}"
-              + (f"  [cached: {', '.join(have)}]" if have else ""))
+    rows = [("name", "kind", "size", "licence", "source", "converted", "description")]
+    for name, r in sorted(list_recipes().items()):
+        size = f"{r.size / 1e6:,.0f} MB" if r.size else "?"
+        rows.append((name, r.kind, size, r.licence or "?", source_status(r),
+                     ", ".join(cached_quants(name)) or "-", r.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
 
 
@@ -59,12 +68,14 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument("--all-logits", action="store_true", help="output logits for every position (evaluation)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context length (default: the model's)")
-    p.add_argument("--zero-points", choices=["default", "per-block", "symmetric"], default="default",
-                   help="GGUF Q4_1 weights keep their codes, around MatMulNBits' default zero point (default) "
-                        "or with a zero point per block (slightly closer to the source; 8-12%% slower decode "
-                        "steps); symmetric re-quantizes every weight, the q4 LM head too, around the default "
-                        "zero point (ONNX Runtime GenAI's form: faster prefill and decode, lossy)")
+    p.add_argument("--zero-points", choices=["default", "per-block", "symmetric", "rtn"], default="default",
+                   help="GGUF weights keep their codes, around MatMulNBits' default zero point (default) "
+                        "or, for types with mins, with a zero point per block (slightly closer to the source; "
+                        "8-12%% slower decode steps); symmetric re-quantizes every weight, the q4 LM head too, "
+                        "around the default zero point (ONNX Runtime GenAI's form: faster prefill and decode, "
+                        "lossy); rtn re-quantizes GGUF blocks like float weights (to measure what exactness buys)")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("models", help="list known models and which are cached")
+    p = sub.add_parser("models", help="list known models: size, licence, and what is cached (source, "
+                                      "converted quantizations)")
     p.set_defaults(func=_models)

@@ -25,11 +25,13 @@ Per layer (fused ops keep the node count low, which matters for 1-token decode l
   SkipSimplifiedLayerNorm -> one q/k/v projection -> GroupQueryAttention (RoPE inside, cos/sin caches
   as initializers, packed QKV) -> o_proj -> SkipSimplifiedLayerNorm -> one gate/up projection -> Split
   -> x*sigmoid(x)*up -> down_proj.
-Projections are MatMul (fp32) or MatMulNBits (q4/q8, see quantize.py); GGUF Q4_1 weights add a "mins" term
+Projections are MatMul (fp32) or MatMulNBits (q4/q8, see quantize.py; a fused group whose GGUF parts differ in
+bit width or block size is one MatMulNBits per run plus a Concat); GGUF weights with mins add a "mins" term
 sum_b m'_b * sum(x_b), folded into the same MatMulNBits: the input gets its block sums appended (one MatMul
 with a 0/1 matrix and a Concat) and the weight the mins as extra columns (`fold_mins`).
-Quantized embeddings stay 8-bit: only the gathered rows are dequantized, and a tied LM head (8-bit
-MatMulNBits) reuses the same initializers, so no float vocab x hidden table exists in q4/q8.
+Quantized embeddings keep their block codes (4-bit codes packed two to a byte, wider ones one a byte): only the
+gathered rows are dequantized, and a tied LM head (MatMulNBits) reuses the same initializers, so no float
+vocab x hidden table exists in q4/q8.
 
 accuracy_level 4 (int8 activations inside MatMulNBits) is the default: ~10x faster than 0 for 4-bit on
 CPU. SmolLM2-135M Q4_1, GPL-3 first 2048 tokens: fp32 19.7155, q4 level 4 19.83 (19.79 with the mins as a
@@ -44,9 +46,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .quantize import (NBitsWeight, default_zero_point, embedding_q8, fold_mins, lm_head_weight, map_group,
-                       map_linear, mins_digits)
-from .weights import SourceModel, as_float
+from .quantize import (NBitsWeight, as_nbits_list, default_zero_point, embedding_table, fold_mins, lm_head_weight,
+                       map_group, map_linear, mins_digits)
+from .weights import BlockQuantized, SourceModel, as_float
 
 OPSET = 17
 MS = "com.microsoft"
@@ -101,27 +103,45 @@ class _Graph:
         return outs[0] if n_out == 1 else outs
 
 
-def _quantized_embedding(g: _Graph, ew: NBitsWeight, hidden: int, head_shares: bool):
-    """Gather + dequantize rows of the 8-bit table `ew`: returns (h, codes, scales, gathered_ranges).
+def _quantized_embedding(g: _Graph, ew: NBitsWeight, src, hidden: int, head_shares: bool):
+    """Gather + dequantize rows of the block table `ew` (4- or 8-bit codes; `src` the source tensor, for exact
+    offsets): returns (h, codes, scales, gathered_ranges).
 
     With head_shares, codes and scales (float32) are also the tied head's MatMulNBits inputs (else scales is
     None where the rows need no float32 copy). The rows are gathered from the mapped file, a few per token, so
-    every gathered table costs resident pages: GGUF block scales are float16 (a float16 copy gathers exactly),
-    and Q8_0 needs no offset table (its zero point is 128 everywhere)."""
+    every gathered table costs resident pages and disk: 4-bit codes stay packed two to a byte (unpacked after
+    the gather), GGUF block scales that float16 holds exactly gather from a float16 copy, and kinds without
+    mins need no offset table. Rows decode exactly as ggml does: d*(q - z), or d*q + m with the source's m."""
     f32 = TensorProto.FLOAT
-    qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, 32] uint8
-    exact16 = ew.origin in ("q8_0", "q4_1") and np.array_equal(ew.scales.astype(np.float16), ew.scales)
+    qb = g.init("embed_tokens.qweight", ew.packed_b())  # [V, nb, block * bits / 8] uint8
+    exact16 = np.array_equal(ew.scales.astype(np.float16), ew.scales)
     sc = g.init("embed_tokens.scales", ew.scales) if head_shares or not exact16 else None
     row_sc = g.init("embed_tokens.row_scales", ew.scales.astype(np.float16)) if exact16 else sc
-    rows = g.op("Cast", [g.op("Gather", [qb, "input_ids"])], to=f32)
+    rows = g.op("Gather", [qb, "input_ids"])
+    if ew.bits == 4:  # element 2j in the low nibble, 2j+1 in the high one
+        four = g.const([4], np.uint8)
+        lo = g.op("BitShift", [g.op("BitShift", [rows, four], direction="LEFT"), four], direction="RIGHT")
+        hi = g.op("BitShift", [rows, four], direction="RIGHT")
+        pairs = g.op("Concat", [g.op("Unsqueeze", [lo, g.const([-1])]), g.op("Unsqueeze", [hi, g.const([-1])])],
+                     axis=-1)
+        rows = g.op("Reshape", [pairs, g.const([0, 0, 0, -1])])
+    rows = g.op("Cast", [rows], to=f32)
     s_ = g.op("Unsqueeze", [g.op("Gather", [row_sc, "input_ids"]), g.const([-1])])
     if exact16:
         s_ = g.op("Cast", [s_], to=f32)
     zp = np.unique(ew.zero_points)
-    if ew.mins is None and len(zp) == 1:  # w = scale * (q - zp)
+    mins = src.mins if isinstance(src, BlockQuantized) else None
+    if mins is not None:  # w = d*q + m: the codes' shift from the source's undone, the source's own mins
+        k = float(int(zp[0]) - (1 << (src.code_bits - 1)))
+        q_ = g.op("Sub", [rows, g.const([k], np.float32)]) if k else rows
+        off = g.init("embed_tokens.offset", mins.astype(np.float32))
+        o_ = g.op("Unsqueeze", [g.op("Gather", [off, "input_ids"]), g.const([-1])])
+        w_rows = g.op("Add", [g.op("Mul", [q_, s_]), o_])
+        tables = [qb, row_sc, off]
+    elif ew.mins is None and len(zp) == 1:  # w = scale * (q - zp)
         w_rows = g.op("Mul", [g.op("Sub", [rows, g.const([float(zp[0])], np.float32)]), s_])
         tables = [qb, row_sc]
-    else:  # w = scale*q + offset  with offset = mins - scale*zp
+    else:  # re-quantized float table: w = scale*q + offset  with offset = mins - scale*zp
         off = (ew.mins if ew.mins is not None else 0) - ew.scales * ew.zero_points.astype(np.float32)
         off = g.init("embed_tokens.offset", off.astype(np.float32))
         o_ = g.op("Unsqueeze", [g.op("Gather", [off, "input_ids"]), g.const([-1])])
@@ -132,8 +152,9 @@ def _quantized_embedding(g: _Graph, ew: NBitsWeight, hidden: int, head_shares: b
 
 
 def _rope_cache(cfg, max_seq_len):
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
-    ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv[None, :]
+    from .rope import inv_freq
+
+    ang = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv_freq(cfg)[None, :]
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
@@ -179,14 +200,20 @@ class _Builder:
                          accuracy_level=accuracy_level, node_name=name)
 
     def linear(self, x, w, name, bias=None, transposed_init=None, role="qkv", accuracy_level=None):
-        """y = x @ w^T (+ bias); w is float [N, K] or NBitsWeight."""
+        """y = x @ w^T (+ bias); w is float [N, K], an NBitsWeight, or a list of them (parts of different bit
+        widths or block sizes, see map_group) whose outputs are concatenated."""
         g = self.g
         if isinstance(w, np.ndarray):
             y = g.op("MatMul", [x, transposed_init or g.init(name + ".weight_t", w.T)], node_name=name)
         else:
-            tag = f"{w.bits}-bit {w.origin}"
-            self.mapped[tag] = self.mapped.get(tag, 0) + 1
-            y = self.matmul_nbits(x, w, name, self.acc[role] if accuracy_level is None else accuracy_level)
+            parts = as_nbits_list(w)
+            ys = []
+            for j, p in enumerate(parts):
+                tag = f"{p.bits}-bit {p.origin}" + (f" block {p.block_size}" if p.block_size != 32 else "")
+                self.mapped[tag] = self.mapped.get(tag, 0) + 1
+                ys.append(self.matmul_nbits(x, p, name if len(parts) == 1 else f"{name}.part{j}",
+                                            self.acc[role] if accuracy_level is None else accuracy_level))
+            y = ys[0] if len(ys) == 1 else g.op("Concat", ys, axis=-1, node_name=name + ".concat")
         if bias is not None:
             y = g.op("Add", [y, g.init(name + ".bias", bias.astype(np.float32))])
         return y
@@ -199,7 +226,8 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
 
     accuracy_level: MatMulNBits compute precision (4: int8 activations, fast; 0: float, exact), an int or a
     dict per projection role {"qkv", "o", "gate_up", "down", "lm_head"}.
-    zero_points: "default" or "per-block" (where exact Q4_1 mappings put their zero points), or "symmetric"
+    zero_points: "default" or "per-block" (where exact mappings with mins put their zero points), "rtn" (GGUF
+    blocks re-quantized like float weights, to measure what exactness buys), or "symmetric"
     (every weight re-quantized around the default zero point, the q4 head too), see convert.quantize.
     precise_mlp_layers: layers whose gate/up projection must see float activations (massive-activation
     layers, see calibrate.py): 4-bit weights run at accuracy_level 1, 8-bit ones as a float MatMul (ORT's
@@ -238,9 +266,9 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         emb_name = g.init("embed_tokens.weight", as_float(emb_src))
         h = g.op("Gather", [emb_name, "input_ids"])
     else:
-        ew = embedding_q8(emb_src)
-        h, qb, sc, gathered = _quantized_embedding(g, ew, E, head_shares)
-        head_info["embedding"] = f"8-bit rows gathered and dequantized in-graph ({ew.origin})"
+        ew = embedding_table(emb_src, zero_points)
+        h, qb, sc, gathered = _quantized_embedding(g, ew, emb_src, E, head_shares)
+        head_info["embedding"] = f"{ew.bits}-bit rows gathered and dequantized in-graph ({ew.origin})"
 
     cos, sin = _rope_cache(cfg, max_seq_len)
     cos_name, sin_name = g.init("cos_cache", cos), g.init("sin_cache", sin)
@@ -279,7 +307,7 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         g.nodes[-1].output[1], g.nodes[-1].output[2] = "", ""
         gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], quant, zero_points)
         precise = i in precise_mlp_layers and not isinstance(gu_w, np.ndarray)
-        if precise and gu_w.bits == 8:
+        if precise and any(p.bits == 8 for p in as_nbits_list(gu_w)):
             gu_w = map_group([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], "fp32")
         gu = b.linear(x2, gu_w, f"layers.{i}.gate_up_proj", role="gate_up", accuracy_level=1 if precise else None)
         gate, up = g.op("Split", [gu, g.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
@@ -344,9 +372,10 @@ def build_onnx(source: SourceModel, out_dir: Path, quant: str = "fp32", all_logi
         "gathered_ranges": gathered,  # [offset, length] in model.onnx.data of tables read row by row
         "quant": {"mode": quant, **({"weights": "float32 MatMul"} if quant == "fp32" else {
             "weights": "MatMulNBits block 32, integer zero points (the default where left out)", **head_info,
-            "projections": b.mapped, "exact": "q4_1 / q8_0 origins map GGUF blocks without re-quantization",
+            "projections": b.mapped,
+            "exact": "GGUF block origins (q4_0 q4_1 q5_0 q8_0 q4_k q5_k q6_k) keep their codes and scales",
             "zero_points": zero_points,
-            "q4_1_mins": "m + d*zp as extra MatMulNBits columns over the input's block sums (4-bit: two digits)"})},
+            "mins": "m + d*zp as extra MatMulNBits columns over the input's block sums (4-bit: two digits)"})},
         "accuracy_level": b.acc if len(set(b.acc.values())) > 1 else b.acc["qkv"],
         "precise_mlp_layers": sorted(int(i) for i in precise_mlp_layers) if quant != "fp32" else [],
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,

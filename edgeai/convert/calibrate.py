@@ -14,17 +14,17 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .weights import SourceModel, as_float
+from .rope import inv_freq
+from .weights import SourceModel, as_float, rows_as_float
 
 
 def _rms(x, g, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
 
-def _rope(x, pos, theta):
+def _rope(x, pos, cfg):
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float32) / d))
-    ang = pos[:, None] * inv[None, :]
+    ang = pos[:, None] * inv_freq(cfg).astype(np.float32)[None, :]
     cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
     rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
     return x * cos + rot * sin
@@ -36,7 +36,7 @@ def mlp_activation_peaks(source: SourceModel, token_ids: Sequence[int]) -> List[
     ids = np.asarray(token_ids, dtype=np.int64)
     s = len(ids)
     pos = np.arange(s, dtype=np.float32)
-    h = as_float(t["model.embed_tokens.weight"])[ids]
+    h = rows_as_float(t["model.embed_tokens.weight"], ids)
     group = c.num_heads // c.num_kv_heads
     causal = np.tril(np.ones((s, s), bool))
     peaks = []
@@ -46,8 +46,8 @@ def mlp_activation_peaks(source: SourceModel, token_ids: Sequence[int]) -> List[
         q, k, v = (x @ as_float(t[p + f"self_attn.{n}_proj.weight"]).T +
                    (as_float(t[p + f"self_attn.{n}_proj.bias"]) if p + f"self_attn.{n}_proj.bias" in t else 0)
                    for n in "qkv")
-        q = _rope(q.reshape(s, c.num_heads, c.head_dim).transpose(1, 0, 2), pos, c.rope_theta)
-        k = _rope(k.reshape(s, c.num_kv_heads, c.head_dim).transpose(1, 0, 2), pos, c.rope_theta)
+        q = _rope(q.reshape(s, c.num_heads, c.head_dim).transpose(1, 0, 2), pos, c)
+        k = _rope(k.reshape(s, c.num_kv_heads, c.head_dim).transpose(1, 0, 2), pos, c)
         v = v.reshape(s, c.num_kv_heads, c.head_dim).transpose(1, 0, 2)
         k, v = np.repeat(k, group, 0), np.repeat(v, group, 0)
         att = np.where(causal, q @ k.transpose(0, 2, 1) / np.sqrt(c.head_dim), -np.inf)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .rope import rope_scaling_from_hf
 from .weights import LlamaConfig, SourceModel
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -50,9 +51,9 @@ def config_from_hf(cfg: dict) -> LlamaConfig:
     arch = cfg.get("model_type", "llama")
     if arch not in SUPPORTED:
         raise ValueError(f"unsupported model_type {arch!r} (supported: {', '.join(SUPPORTED)})")
-    scaling = cfg.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise ValueError(f"rope scaling {scaling} is not supported")
+    # transformers 5 writes rope_parameters (theta inside); earlier versions rope_scaling beside rope_theta
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
     heads = cfg["num_attention_heads"]
     return LlamaConfig(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
@@ -60,7 +61,7 @@ def config_from_hf(cfg: dict) -> LlamaConfig:
         num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
         max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=cfg.get("rope_theta", 10000.0),
+        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rope_scaling_from_hf(rope),
         # HF's default is untied for these model types; configs that tie say so
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
@@ -78,6 +79,24 @@ def _chat_template(tc: dict):
         named = {d.get("name"): d.get("template") for d in t}
         t = named.get("default") or next(iter(named.values()), None)
     return t
+
+
+def _end_tokens(path: Path, cfg: dict, tokenizer_json: str) -> list:
+    """Texts of the tokens that end generation as the model's config says: generation_config.json's
+    eos_token_id (an id or a list, e.g. Qwen2.5-Instruct's [<|im_end|>, <|endoftext|>]), else config.json's."""
+    from tokenizers import Tokenizer
+
+    ids = None
+    if (path / "generation_config.json").is_file():
+        ids = json.loads((path / "generation_config.json").read_text()).get("eos_token_id")
+    if ids is None:
+        ids = cfg.get("eos_token_id")
+    ids = [] if ids is None else ids if isinstance(ids, list) else [ids]
+    tok = Tokenizer.from_str(tokenizer_json)
+    texts = [tok.id_to_token(int(i)) for i in ids]
+    if None in texts:
+        raise ValueError(f"{path}: eos_token_id {ids} names ids outside the tokenizer's vocabulary")
+    return texts
 
 
 def load_hf_folder(path, name: str | None = None) -> SourceModel:
@@ -107,8 +126,10 @@ def load_hf_folder(path, name: str | None = None) -> SourceModel:
     if (path / "tokenizer_config.json").is_file():
         tc = json.loads((path / "tokenizer_config.json").read_text())
     specials = {k: _token_text(tc.get(f"{k}_token")) for k in ("bos", "eos", "pad", "unk")}
+    tokenizer_json = tok_file.read_text(encoding="utf-8")
+    specials["eog"] = _end_tokens(path, cfg, tokenizer_json)
     return SourceModel(
-        config=config, tensors=tensors, tokenizer_json=tok_file.read_text(encoding="utf-8"),
+        config=config, tensors=tensors, tokenizer_json=tokenizer_json,
         chat_template=_chat_template(tc), special_tokens=specials,
         source={"path": str(path.resolve()), "format": "hf", "sha256": _folder_digest(files),
                 "name": name or cfg.get("_name_or_path") or path.name},

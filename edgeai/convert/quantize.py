@@ -12,17 +12,20 @@ exactly, made a SmolLM2 decode step ~17x slower on ORT 1.32 CPU). Zero points eq
 time on an AVX2 CPU (`python bench/zero_point_ab.py`: x0.88 and x0.92; prefill unchanged), so exact GGUF
 mappings use the default zero point unless asked for one per block.
 
-Mappings (`map_linear`):
-    GGUF Q4_1 (w = d*q + m) -> 4-bit, scale d, zp 8 (the default), plus mins m' = m + 8d: the builder adds
-                              sum_b m'_b * sum(x_b), so the product is exact (no re-quantization).
-                              zero_points="per-block": zp nearest -m/d in each block, m' = m + d*zp.
-    GGUF Q8_0 (w = d*q)     -> 8-bit, B = q + 128, zp 128 (the default): exact (for q4 and q8 alike).
-    under q8 a Q4_1 source keeps its codes in 8-bit storage (B = q + 120, zp 128: same values, same mins term).
+Mappings (`map_linear`, `from_block_quantized`):
+    GGUF blocks without mins (w = d*(q - z): Q4_0, Q5_0, Q6_K, Q8_0) -> codes shifted so z sits on the default
+                              zero point; 4-bit storage for 4-bit codes, 8-bit for wider ones; Q6_K's 16-wide
+                              sub-blocks stay blocks of 16 with scale d*sc. Exact.
+    GGUF blocks with mins (w = d*q + m: Q4_1, Q4_K, Q5_K) -> the codes around the default zero point plus
+                              offsets m' = m + d*c (c the middle code): the builder adds sum_b m'_b * sum(x_b)
+                              inside the same MatMulNBits (fold_mins). K-quant sub-block scales are d*sc and
+                              mins -dmin*m (exact float32 products). zero_points="per-block": zp nearest -m/d.
+    under q8 4-bit codes are kept in 8-bit storage (same values, same offsets).
     float weights           -> asymmetric round-to-nearest with integer zero points (4 or 8 bit), with a
                               small per-block range-shrink search that minimises squared error (4-bit).
     zero_points="symmetric" -> every weight, of any source, re-quantized to symmetric blocks at the default
                               zero point (quantize_symmetric; under q4 the LM head too): ONNX Runtime GenAI's
-                              form. No offsets, no zero points, a 4-bit head: faster, and lossy (a Q4_1 source
+                              form. No offsets, no zero points, a 4-bit head: faster, and lossy (a GGUF source
                               is quantized twice).
 """
 from __future__ import annotations
@@ -37,7 +40,9 @@ from .weights import BlockQuantized, Tensor, as_float
 BLOCK = 32
 # How 4-bit weights place their zero points (see from_block_quantized): "default" and "per-block" keep GGUF
 # Q4_1 codes exactly; "symmetric" re-quantizes every weight around the default zero point (lossy, faster).
-ZERO_POINTS = ("default", "per-block", "symmetric")
+# "rtn" dequantizes GGUF blocks and re-quantizes them per block (round to nearest, integer zero points):
+# the path K-quant files took before their exact import, kept to measure what exactness buys.
+ZERO_POINTS = ("default", "per-block", "symmetric", "rtn")
 
 
 @dataclass
@@ -50,7 +55,7 @@ class NBitsWeight:
     zero_points: np.ndarray  # uint8 [N, K/block]
     mins: Optional[np.ndarray] = None  # float32 [N, K/block]: w += mins per block (GGUF Q4_1 residual)
     block_size: int = BLOCK
-    origin: str = "rtn"  # "q4_1", "q8_0" (exact mappings) or "rtn"
+    origin: str = "rtn"  # a GGUF block kind ("q4_k", "q6_k", ...: exact mappings), "rtn" or "symmetric"
 
     @property
     def shape(self):
@@ -244,67 +249,80 @@ def mins_digits(w: NBitsWeight) -> int:
 
 
 def from_block_quantized(t: BlockQuantized, bits: int | None = None, zero_points: str = "default") -> NBitsWeight:
-    """Exact MatMulNBits form of a GGUF block (no re-quantization); Q4_1 may be widened to 8-bit storage.
+    """Exact MatMulNBits form of a GGUF block tensor (no re-quantization): its codes, scales and mins as they are.
 
-    zero_points (Q4_1 only): "default" puts the codes around the kernel's default zero point (no zero_points
-    input: the faster kernel path); "per-block" uses the integer zero point nearest -m/d of each block, which
-    leaves smaller offsets, hence a slightly closer product (mean KL 0.0031 instead of 0.0040 for SmolLM2),
-    at the cost of a zero_points input (8-12% slower decode steps on an AVX2 CPU)."""
+    Codes of up to 4 bits (Q4_0, Q4_1, Q4_K) go to 4-bit MatMulNBits, wider ones (Q5_0, Q5_K, Q6_K, Q8_0) to
+    8-bit; `bits=8` widens 4-bit codes too (same values). Q6_K keeps its 16-wide sub-blocks as blocks of 16.
+    Codes are shifted so that each kind's zero sits on the kernel's default zero point (no zero_points input:
+    the faster kernel path). Kinds with mins (w = d*q + m) are written w = d*(q - c) + (m + d*c) with c the
+    middle code; the offsets m + d*c ride along in the same MatMulNBits (`fold_mins`).
+    zero_points (kinds with mins): "default" puts c on the default zero point; "per-block" uses the integer
+    zero point nearest -m/d in each block, which leaves smaller offsets (SmolLM2 Q4_1: mean KL 0.0031
+    instead of 0.0040), at the cost of a zero_points input (8-12% slower decode steps on an AVX2 CPU)."""
     if zero_points not in ZERO_POINTS[:2]:
         raise ValueError(f"exact block mappings take zero_points default or per-block, not {zero_points!r}")
-    rows, cols = t.q.shape
-    nb = cols // t.block_size
-    if t.kind == "q4_1":
-        # w = d*q + m = d*(q - zp) + (m + d*zp): the codes as they are, the offset term m + d*zp rides along
-        # (fold_mins). zp is 8 (the kernel's default) or, per block, the integer nearest -m/d (offsets <= d/2).
-        # 8-bit storage shifts codes and zero points to sit around its own default, 128.
-        d, m = t.scales.astype(np.float32), t.mins.astype(np.float32)
-        b = bits or 4
-        shift = default_zero_point(b) - 8
-        if zero_points == "per-block":
-            zp = np.clip(np.round(-m / np.where(d != 0, d, 1)), 0, 15).astype(np.float32)
-        else:
-            zp = np.full(d.shape, 8.0, np.float32)
-        return NBitsWeight(b, t.q.astype(np.uint8) + np.uint8(shift), d, (zp + shift).astype(np.uint8), m + d * zp,
-                           t.block_size, "q4_1")
-    if t.kind == "q8_0":
-        q = (t.q.astype(np.int16) + 128).astype(np.uint8)
-        return NBitsWeight(8, q, t.scales.astype(np.float32), np.full((rows, nb), 128, np.uint8), None,
-                           t.block_size, "q8_0")
-    raise ValueError(f"unsupported block kind {t.kind}")
+    b = bits or (4 if t.code_bits <= 4 else 8)
+    if t.code_bits > b:
+        raise ValueError(f"{t.kind} codes need {t.code_bits} bits; they do not fit {b}-bit MatMulNBits")
+    top = (1 << t.code_bits) - 1
+    d = t.scales.astype(np.float32)
+    if t.mins is None:  # w = d * (q - zero): move zero onto the default zero point
+        shift = default_zero_point(b) - t.zero
+        q = (t.q.astype(np.int16) + shift).astype(np.uint8)
+        zp = np.full(d.shape, default_zero_point(b), np.uint8)
+        return NBitsWeight(b, q, d, zp, None, t.block_size, t.kind)
+    m = t.mins.astype(np.float32)
+    if zero_points == "per-block":
+        c = np.clip(np.round(-m / np.where(d != 0, d, 1)), 0, top).astype(np.float32)
+    else:
+        c = np.full(d.shape, float(1 << (t.code_bits - 1)), np.float32)
+    shift = default_zero_point(b) - (1 << (t.code_bits - 1))  # the middle code lands on the default
+    return NBitsWeight(b, (t.q.astype(np.int16) + shift).astype(np.uint8), d, (c + shift).astype(np.uint8),
+                       m + d * c, t.block_size, t.kind)
 
 
 def map_linear(t: Tensor, quant: str, zero_points: str = "default"):
     """Target form of one linear weight [out, in]: float32 ndarray for fp32, NBitsWeight otherwise.
 
-    q4: Q4_1 and Q8_0 sources map exactly; float sources are quantized to 4 bits.
-    q8: Q8_0 and Q4_1 map exactly (8-bit storage); float sources are quantized to 8 bits (near lossless).
-    zero_points="symmetric": any source is re-quantized symmetrically (4 or 8 bits).
+    q4: GGUF block tensors map exactly (4- or 8-bit storage by their code width); float sources are quantized
+        to 4 bits.
+    q8: GGUF block tensors map exactly in 8-bit storage; float sources are quantized to 8 bits (near lossless).
+    zero_points="symmetric": any source is re-quantized symmetrically (4 or 8 bits); "rtn": any source is
+    re-quantized like a float weight.
     """
     if quant == "fp32":
         return as_float(t)
     if zero_points == "symmetric":
         return quantize_symmetric(as_float(t), 4 if quant == "q4" else 8)
-    if isinstance(t, BlockQuantized):  # exact; under q8 Q4_1 codes are stored in 8 bits (same values)
-        return from_block_quantized(t, bits=4 if quant == "q4" and t.kind == "q4_1" else 8, zero_points=zero_points)
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact; under q8 4-bit codes are stored in 8 bits (same values)
+        return from_block_quantized(t, bits=None if quant == "q4" else 8, zero_points=zero_points)
     return quantize_rtn(as_float(t), 4 if quant == "q4" else 8)
 
 
 def map_group(tensors: list, quant: str, zero_points: str = "default"):
     """Map several weights that share one input and will be fused along N (q/k/v, gate/up).
 
-    Parts must share one bit width to share one MatMulNBits: GGUF blocks of mixed kinds (Q4_1 + Q8_0) all
-    go exactly to 8 bits; a mix with float weights is quantized uniformly.
+    Returns one float array (fp32), one NBitsWeight, or a list of NBitsWeights whose outputs are concatenated
+    in order: parts fuse into one MatMulNBits only where they share bit width and block size. GGUF files mix
+    kinds within a group (Q4_K_M: q/k Q4_K, v Q6_K); widening them all to the widest form would read the
+    narrow parts' bytes twice over on every token, while an extra node costs a few microseconds.
     """
     parts = [map_linear(t, quant, zero_points) for t in tensors]
     if quant == "fp32":
         return np.concatenate(parts, axis=0)
-    if len({p.bits for p in parts}) > 1:  # (never under "symmetric": one bit width for all)
-        if all(isinstance(t, BlockQuantized) for t in tensors):  # e.g. Q4_1 + Q8_0: all exact in 8 bits
-            parts = [from_block_quantized(t, bits=8, zero_points=zero_points) for t in tensors]
+    runs = []
+    for p in parts:
+        if runs and (runs[-1][-1].bits, runs[-1][-1].block_size) == (p.bits, p.block_size):
+            runs[-1].append(p)
         else:
-            parts = [quantize_rtn(as_float(t), 4 if quant == "q4" else 8) for t in tensors]
-    return concat(parts)
+            runs.append([p])
+    fused = [concat(r) for r in runs]
+    return fused[0] if len(fused) == 1 else fused
+
+
+def as_nbits_list(w) -> list:
+    """A map_group result as a list of weights (one per MatMulNBits node)."""
+    return w if isinstance(w, list) else [w]
 
 
 def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBitsWeight:
@@ -316,15 +334,16 @@ def lm_head_weight(t: Tensor, quant: str, zero_points: str = "default") -> NBits
     4 bits, as ONNX Runtime GenAI does."""
     if zero_points == "symmetric" and quant == "q4":
         return quantize_symmetric(as_float(t), 4)
-    if isinstance(t, BlockQuantized):  # a Q4_1 head keeps its 4-bit codes and mins
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":  # exact: a 4-bit head keeps its codes and mins
         return from_block_quantized(t, zero_points="default" if zero_points == "symmetric" else zero_points)
     return map_linear(t, "q8")
 
 
-def embedding_q8(t: Tensor) -> NBitsWeight:
-    """8-bit block form of the embedding table [vocab, hidden] (shared with a tied LM head)."""
-    if isinstance(t, BlockQuantized):  # exact; Q4_1 codes stored one per byte so rows gather simply
-        return from_block_quantized(t, bits=8)
+def embedding_table(t: Tensor, zero_points: str = "default") -> NBitsWeight:
+    """Block form of the embedding table [vocab, hidden] (shared with a tied LM head): GGUF blocks exactly, in 4
+    bits for 4-bit codes (the builder unpacks the gathered rows), float tables quantized to 8 bits."""
+    if isinstance(t, BlockQuantized) and zero_points != "rtn":
+        return from_block_quantized(t)
     return quantize_rtn(as_float(t), 8)
 
 
@@ -349,13 +368,13 @@ def effective_source(source, quant: str, zero_points: str = "default"):
         p = f"model.layers.{i}."
         for names in (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]):
             w = map_group([t[p + n + ".weight"] for n in names], quant, zero_points)
-            w = w if isinstance(w, np.ndarray) else as_graph(w)
+            w = w if isinstance(w, np.ndarray) else np.concatenate([as_graph(x) for x in as_nbits_list(w)])
             rows = np.cumsum([t[p + n + ".weight"].shape[0] for n in names])[:-1]
             for n, part in zip(names, np.split(w, rows)):
                 out[p + n + ".weight"] = part
         for n in ("self_attn.o_proj", "mlp.down_proj"):
             out[p + n + ".weight"] = as_graph(map_linear(t[p + n + ".weight"], quant, zero_points))
-    out["model.embed_tokens.weight"] = embedding_q8(t["model.embed_tokens.weight"]).dequantize()
+    out["model.embed_tokens.weight"] = embedding_table(t["model.embed_tokens.weight"], zero_points).dequantize()
     if "lm_head.weight" in t:
         out["lm_head.weight"] = as_graph(lm_head_weight(t["lm_head.weight"], quant, zero_points))
     elif zero_points == "symmetric" and quant == "q4":  # the tied head gets its own 4-bit copy

@@ -33,8 +33,8 @@ def to_q8_0(w: np.ndarray, block: int = 32) -> BlockQuantized:
     wb = w.reshape(rows, cols // block, block)
     d = (np.abs(wb).max(-1) / 127).astype(np.float32)
     d = _f16(np.where(d > 0, d, 1.0))
-    q = np.clip(np.round(wb / d[..., None]), -127, 127).astype(np.int8)
-    return BlockQuantized("q8_0", q.reshape(rows, cols), d, None, block)
+    q = np.clip(np.round(wb / d[..., None]), -127, 127).astype(np.int16) + 128  # stored codes: q + 128
+    return BlockQuantized("q8_0", q.astype(np.uint8).reshape(rows, cols), d, None, block)
 
 
 def make_tiny_source(num_layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=256, max_pos=256,

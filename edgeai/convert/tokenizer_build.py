@@ -109,7 +109,7 @@ def spm_bpe_json(tokens, types, scores, add_bos=True, bos_id=1, unk_id=0, add_sp
 
 
 def tokenizer_from_gguf_reader(reader) -> tuple[str, dict]:
-    """(tokenizer.json text, special tokens {bos, eos, pad, unk: text}) from an open GGUFReader."""
+    """(tokenizer.json text, special tokens {bos, eos, pad, unk: text, eog: [texts]}) from an open GGUFReader."""
     def get(key, default=None):
         f = reader.fields.get(f"tokenizer.ggml.{key}")
         return default if f is None else f.contents()
@@ -134,7 +134,9 @@ def tokenizer_from_gguf_reader(reader) -> tuple[str, dict]:
         return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
     specials = {"bos": text(bos_id), "eos": text(eos_id), "pad": text(get("padding_token_id")),
-                "unk": text(get("unknown_token_id"))}
+                "unk": text(get("unknown_token_id")),
+                # end-of-turn / end-of-message ids (Llama 3.x names <|eot_id|>, <|eom_id|> here)
+                "eog": [t for t in (text(get("eot_token_id")), text(get("eom_token_id"))) if t]}
     return json.dumps(data, ensure_ascii=False), specials
 
 

@@ -43,11 +43,16 @@ class _Session:
         # last-position graphs: [batch, 1, vocab], or [batch, num_logits, vocab] (num_logits defaults to 1)
         self.all_logits = logits.shape[1] not in (1, "num_logits")
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.multi_logits = any(i.name == "num_logits" for i in self.sess.get_inputs())
 
-    def run(self, ids, past, past_len):
+    def run(self, ids, past, past_len, num_logits=None):
+        """num_logits: logits of the last num_logits positions (graphs with that input; others give one or
+        every position)."""
         s = len(ids)
         feeds = {"input_ids": np.asarray(ids, np.int64)[None], "seqlens_k": np.array([past_len + s - 1], np.int32),
                  "total_sequence_length": np.array([past_len + s], np.int32)}
+        if num_logits is not None and self.multi_logits:
+            feeds["num_logits"] = np.array([num_logits], np.int64)
         feeds.update(past)
         out = self.sess.run(None, feeds)
         present = {n.replace("present_", "past_"): v for n, v in zip(self.out_names[1:], out[1:])}

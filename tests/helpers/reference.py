@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeai.convert.rope import inv_freq
 from edgeai.convert.weights import SourceModel, as_float
 
 
@@ -19,8 +20,7 @@ class ReferenceLlama:
         w = {k: as_float(v).astype(np.float64) for k, v in source.tensors.items()}
         self.w = w
         self.head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-        inv = 1.0 / (c.rope_theta ** (np.arange(0, c.head_dim, 2) / c.head_dim))
-        self.inv_freq = inv
+        self.inv_freq = inv_freq(c)
         self.k_cache = [np.zeros((c.num_kv_heads, 0, c.head_dim)) for _ in range(c.num_layers)]
         self.v_cache = [np.zeros((c.num_kv_heads, 0, c.head_dim)) for _ in range(c.num_layers)]
 
