@@ -4,10 +4,13 @@ paraphrased questions (bench/data/debian_faq_questions.json), each labelled with
 For each question the top chunks are mapped to their deepest numbered heading ("7.12"); a hit is that section
 or one of its subsections. Reports recall@1, recall@5 and MRR (over the first 20 distinct sections).
 
-  python bench/faq_eval.py --model minilm-l6 [--quant fp32 q8] [--faq-dir DIR]
+  python bench/faq_eval.py --model minilm-l6 [--quant fp32 q8] [--faq-dir DIR]       # FAQ pages, in memory
+  python bench/faq_eval.py --whole [--faq-dir DIR]      # the package's whole doc folder, 3 modes side by side
 
 Without --faq-dir the package is fetched with `apt-get download debian-faq` and unpacked with dpkg -x into
-<cache>/bench/debian-faq (outside the repository).
+<cache>/bench/debian-faq (outside the repository). --whole indexes everything the package installs under
+/usr/share/doc/debian (both copies of each page, *.html and *.en.html, and the rest) into a persistent index
+with bench/docs_eval.py's code, and reports dense-only, lexical-only and hybrid retrieval side by side.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 QUESTIONS = ROOT / "bench" / "data" / "debian_faq_questions.json"
 
@@ -54,7 +58,7 @@ def evaluate(model: str, quant: str, faq_html: Path, questions: list, k_chunks: 
     emb = Embedder(model, quant=quant)
     files = sorted(faq_html.glob("*.en.html"))  # the *.html copies are the same pages
     with tempfile.TemporaryDirectory() as td:
-        rag = RAG(None, emb, VectorIndex(emb.dims, capacity=4096))
+        rag = RAG(None, emb, VectorIndex(emb.dims, capacity=4096), mode="dense")  # as measured before
         t = time.perf_counter()
         stats = rag.add(files, show_progress=False)
         index_s = time.perf_counter() - t
@@ -89,11 +93,23 @@ def main(argv=None) -> int:
     ap.add_argument("--faq-dir", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument("--whole", action="store_true", help="index the whole doc folder; dense/lexical/hybrid")
     args = ap.parse_args(argv)
+    from edgeai.paths import cache_dir
     if args.faq_dir is None:
-        from edgeai.paths import cache_dir
         args.faq_dir = fetch_debian_faq(args.cache or cache_dir() / "bench")
     questions = json.loads(QUESTIONS.read_text())["questions"]
+    if args.whole:
+        from docs_eval import evaluate as eval_modes, open_index, print_table
+        folder = args.faq_dir.resolve().parent  # /usr/share/doc/debian: the FAQ and whatever else is there
+        rag, build = open_index(folder, cache_dir() / "bench" / f"index-debian-faq-{Path(args.model).name}",
+                                args.model, args.quant[0])
+        res = eval_modes(rag, questions, lambda c: section_number(c["section"]),
+                         lambda item, s: s == item["section"] or s.startswith(item["section"] + "."))
+        print_table(f"{folder} ({len(questions)} questions)", res, build)
+        if args.json:
+            args.json.write_text(json.dumps({"docs": str(folder), "build": build, "results": res}, indent=2))
+        return 0
     results = [evaluate(args.model, q, args.faq_dir, questions) for q in args.quant]
     print(f"{'quant':6} {'chunks':>6} {'index s':>8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'query ms':>9}")
     for r in results:

@@ -1,4 +1,4 @@
-"""`edgeai eval perplexity|fidelity|golden|retrieval`: model quality checks, each printing a summary and
+"""`edgeai eval perplexity|fidelity|golden|retrieval|rag`: model quality checks, each printing a summary and
 optionally saving JSON (`--json`), and comparing against a saved JSON (`--compare`)."""
 from __future__ import annotations
 
@@ -78,8 +78,28 @@ def _retrieval(args) -> int:
     return _finish(args, r, [format_report(r)], compare_keys=("recall", "mrr"))
 
 
+def _rag(args) -> int:
+    from ..evaluate.rag_eval import PYDOC_CASES, format_report, load_cases, rag_eval
+    from .retrieval import DEFAULT_LLM, _load_llm, _open, ensure_documents
+
+    cases = load_cases(args.questions or PYDOC_CASES)
+    rag, folder = _open(args)
+    ensure_documents(rag, folder, args.docs)
+    if not args.retrieval_only:
+        rag.llm, why = _load_llm(args.llm or DEFAULT_LLM)
+        if rag.llm is None:
+            raise SystemExit(f"edgeai eval rag: {why} (--retrieval-only skips the answers)")
+    r = rag_eval(cases, rag, k=args.k, answer=not args.retrieval_only, max_new_tokens=args.max_new_tokens,
+                 progress=True, **({} if args.retrieval_only else
+                                   {"repetition_penalty": 1.1, "penalty_last_n": 64}))
+    r["meta"].update(questions=str(args.questions or PYDOC_CASES), index=str(folder),
+                     llm=None if args.retrieval_only else str(args.llm or DEFAULT_LLM))
+    return _finish(args, r, [format_report(r)], compare_keys=("retrieval", "answers"))
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate model quality: perplexity, fidelity, golden answers, retrieval")
+    p = sub.add_parser("eval", help="evaluate model quality: perplexity, fidelity, golden answers, retrieval, "
+                                    "RAG answers")
     ev = p.add_subparsers(dest="eval_command", metavar="WHAT")
 
     def common(q, compare=True):
@@ -126,5 +146,20 @@ def add_parser(sub) -> None:
     q.add_argument("--ef", type=int, default=None, help="HNSW ef_search")
     common(q)
     q.set_defaults(func=_retrieval)
+
+    q = ev.add_parser("rag", help="retrieval recall/MRR, answer correctness, citation precision, refusals and "
+                                  "latency of `ask` on questions with known answers")
+    q.add_argument("questions", nargs="?", help="cases .jsonl (default: the shipped set over the Python docs)")
+    q.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/index/default)")
+    q.add_argument("--docs", nargs="*", default=None, help="index these files/folders first")
+    q.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
+    q.add_argument("--llm", default=None, help="language model name or folder (default: as `edgeai ask`)")
+    q.add_argument("--mode", choices=("hybrid", "dense", "lexical"), default="hybrid")
+    q.add_argument("--min-score", type=float, default=None, help="refusal floor (default: as `edgeai ask`)")
+    q.add_argument("-k", type=int, default=3, help="sources given to the model (default 3, as `edgeai ask`)")
+    q.add_argument("--max-new-tokens", type=int, default=384)
+    q.add_argument("--retrieval-only", action="store_true", help="no LLM: retrieval metrics only")
+    common(q)
+    q.set_defaults(func=_rag)
 
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

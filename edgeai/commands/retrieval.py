@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 
+DEFAULT_LLM = "smollm2-135m"
+
+
 def _default_index() -> Path:
     from edgeai.paths import cache_dir
     return cache_dir() / "index" / "default"
@@ -23,7 +26,12 @@ def add_parser(sub) -> None:
     a.add_argument("--docs", action="append", default=None, metavar="PATH",
                    help="index this file or folder first (repeatable: --docs a.md --docs notes/)")
     a.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
-    a.add_argument("--llm", default="smollm2-135m", help="language model name or folder")
+    a.add_argument("--llm", default=None, help=f"language model name or folder (default: {DEFAULT_LLM})")
+    a.add_argument("--mode", choices=("hybrid", "dense", "lexical"), default="hybrid",
+                   help="retrieval: embeddings and keywords fused (default), or one of them")
+    a.add_argument("--min-score", type=float, default=None,
+                   help="answer 'the documents do not answer this' without the LLM when the best source's "
+                        "cosine similarity is below this (default: measured for the default embedder)")
     a.add_argument("-k", type=int, default=3, help="number of sources to retrieve (small models do best with few)")
     a.add_argument("--max-new-tokens", type=int, default=384)
     a.add_argument("--repetition-penalty", type=float, default=1.1,
@@ -37,9 +45,23 @@ def add_parser(sub) -> None:
 
 def _open(args, llm=None):
     from edgeai.retrieval.embedder import DEFAULT_MODEL, Embedder
-    from edgeai.retrieval.rag import RAG
+    from edgeai.retrieval.rag import MIN_SCORE, RAG
     folder = args.index or _default_index()
-    return RAG(llm, Embedder(args.model or DEFAULT_MODEL), folder), folder
+    floor = getattr(args, "min_score", None)
+    rag = RAG(llm, Embedder(args.model or DEFAULT_MODEL), folder, mode=getattr(args, "mode", None) or "hybrid",
+              min_score=MIN_SCORE if floor is None else floor)
+    return rag, folder
+
+
+def ensure_documents(rag, folder, docs=None) -> None:
+    """Index `docs` if given; with nothing indexed yet, index the Python standard library's docs."""
+    if docs:
+        _print_stats(rag.add(docs, show_progress=True), folder)
+    elif rag.store.count() == 0:
+        from edgeai.retrieval.pydoc_corpus import build_corpus
+        corpus = build_corpus()
+        print(f"nothing indexed yet: indexing the Python standard library docs ({corpus})", file=sys.stderr)
+        _print_stats(rag.add([corpus], show_progress=True), folder)
 
 
 def _print_stats(stats, folder) -> None:
@@ -73,15 +95,9 @@ def cmd_ask(args) -> int:
                                 f"`edgeai index PATH... --index {args.index}`, or pass --docs PATH to index "
                                 "files there first")
     rag, folder = _open(args)
-    if args.docs:
-        _print_stats(rag.add(args.docs, show_progress=True), folder)
-    elif rag.store.count() == 0:
-        from edgeai.retrieval.pydoc_corpus import build_corpus
-        corpus = build_corpus()
-        print(f"nothing indexed yet: indexing the Python standard library docs ({corpus})", file=sys.stderr)
-        _print_stats(rag.add([corpus], show_progress=True), folder)
+    ensure_documents(rag, folder, args.docs)
 
-    llm, why = (None, "--sources-only") if args.sources_only else _load_llm(args.llm)
+    llm, why = (None, "--sources-only") if args.sources_only else _load_llm(args.llm or DEFAULT_LLM)
     if llm is None:
         retrieved = rag.retrieve(args.question, k=args.k)
         print(f"No answer generated: {why}. Retrieved sources:")
@@ -97,7 +113,16 @@ def cmd_ask(args) -> int:
     for piece in answer:
         sys.stdout.write(piece)
         sys.stdout.flush()
+    if answer.refused:
+        print(f"\n\n(no indexed source is close enough to the question: best similarity below {rag.min_score}; "
+              "--min-score changes this)")
+        return 0
+    cited = set(answer.citations)
     print("\n\nSources:")
     for n, path, section, score in answer.sources:
-        print(f"  [{n}] {path}" + (f" | {section}" if section else "") + f"  ({score:.3f})")
+        print(f"  [{n}] {path}" + (f" | {section}" if section else "") + f"  ({score:.3f})"
+              + ("" if n in cited or not cited else "  (not cited)"))
+    if answer.invalid_citations:
+        print("  note: the answer cites " + ", ".join(f"[{n}]" for n in answer.invalid_citations)
+              + ", which is not among these sources")
     return 0

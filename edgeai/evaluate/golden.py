@@ -13,7 +13,6 @@ a later run can be compared with a saved one: a case that passed before and fail
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -24,15 +23,10 @@ CHECKS = ("exact", "regex", "contains", "contains_any", "not_contains")
 
 
 def load_cases(path) -> list:
+    from .report import read_jsonl
+
     cases, seen = [], set()
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            c = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
+    for n, c in read_jsonl(path):
         if not isinstance(c, dict) or ("prompt" not in c and "messages" not in c):
             raise ValueError(f"{path}:{n}: a case needs 'prompt' or 'messages'")
         exp = c.get("expect")

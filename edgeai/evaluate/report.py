@@ -36,6 +36,19 @@ def _default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def read_jsonl(path):
+    """(line number, object) for each line of a JSONL file; blank lines and '#' comments are skipped, and a
+    line that is not JSON is a ValueError naming it."""
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+
+
 def save_json(result: dict, path) -> Path:
     """Write `result` as indented JSON (atomically: a crash never leaves half a file)."""
     path = Path(path)

@@ -8,18 +8,15 @@ or name. Reported: recall@k (the share of questions with a relevant file among t
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 
 def load_questions(path) -> list:
+    from .report import read_jsonl
+
     qs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        q = json.loads(line)
+    for n, q in read_jsonl(path):
         srcs = q.get("sources") or ([q["source"]] if q.get("source") else [])
         if not q.get("question") or not srcs:
             raise ValueError(f"{path}:{n}: a question needs 'question' and 'source' (or 'sources')")

@@ -5,6 +5,12 @@ up to `max_tokens`. The next chunk of the same section starts with the last para
 (up to `overlap_tokens`), so a fact split across a boundary is still whole in one chunk. A paragraph longer
 than `max_tokens` is cut into token windows (stride max_tokens - overlap_tokens) on token boundaries.
 Each chunk is a contiguous span `text[start:end]` of its document, with the heading path it sits under.
+
+Tiny sections (fewer than `min_section_tokens` of text under their heading, e.g. a one-line docstring of a
+helper class) are merged into the section just before them when that is their parent or a group of their
+tiny siblings, and are then filed under the parent's heading path. On its own such a section is nearly all
+heading, so its embedding sits close to any question naming the topic and out-ranks the section that
+actually answers (`csv.unix_dialect` above `csv.reader`); inside its parent it is still found by its words.
 Token counts come from one batched call of the (Rust) tokenizer per document, so the Python loop only adds
 integers; that keeps chunking far cheaper than embedding.
 """
@@ -42,14 +48,17 @@ def _whitespace_tokens(texts: Sequence[str]) -> List[int]:
 class Chunker:
     def __init__(self, max_tokens: int = 200, overlap_tokens: int = 40,
                  count_tokens: Optional[Callable[[Sequence[str]], List[int]]] = None,
-                 tokenizer=None):
+                 tokenizer=None, min_section_tokens: int = 24):
         """count_tokens(texts) -> counts (e.g. Embedder.count_tokens). `tokenizer` (a tokenizers.Tokenizer)
         additionally lets long paragraphs be cut on exact token boundaries; without either, words are used."""
         if max_tokens < 8:
             raise ValueError("max_tokens must be >= 8")
         if not 0 <= overlap_tokens < max_tokens // 2 + 1:
             raise ValueError("overlap_tokens must be >= 0 and at most half of max_tokens")
+        if min_section_tokens < 0:
+            raise ValueError("min_section_tokens must be >= 0")
         self.max_tokens, self.overlap = max_tokens, overlap_tokens
+        self.min_section_tokens = min_section_tokens
         self.tokenizer = tokenizer
         self.count_tokens = count_tokens or _whitespace_tokens
 
@@ -92,6 +101,7 @@ class Chunker:
                 sections[-1][1].append(b)
         paras = [b for _, blocks in sections for b in blocks]
         counts = dict(zip((id(b) for b in paras), self.count_tokens([text[b.start:b.end] for b in paras])))
+        sections = self._merge_tiny(sections, counts)
 
         chunks: List[Chunk] = []
 
@@ -126,6 +136,22 @@ class Chunker:
             if cur:
                 emit(section, cur[0].start, cur[-1].end, cur_n)
         return chunks
+
+    def _merge_tiny(self, sections, counts):
+        """Fold each tiny section into the section before it when that one is its parent (or an earlier tiny
+        sibling already folded there), so spans stay contiguous; the result is filed under the parent."""
+        out: List[Tuple[Tuple[str, ...], List[Block]]] = []
+        for path, blocks in sections:
+            body = sum(counts[id(b)] for b in blocks if not b.level)
+            if len(path) > 1 and body < self.min_section_tokens:
+                parent = path[:-1]
+                if out and out[-1][0] == parent:
+                    out[-1][1].extend(blocks)
+                else:
+                    out.append((parent, list(blocks)))
+                continue
+            out.append((path, list(blocks)))
+        return out
 
     def split_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
         for d in docs:

@@ -20,6 +20,7 @@ import numpy as np
 
 DEFAULT_MODEL = "minilm-l6"
 PROGRESS_THRESHOLD = 256  # show a progress bar by default from this many texts to embed
+CACHE_FLUSH = 512  # embeddings are written to the disk cache at least every this many texts
 
 
 def resolve_model_dir(model) -> Path:
@@ -211,6 +212,10 @@ class Embedder:
                     new.append((keys[order[j]], v.copy()))
                 if bar is not None:
                     bar.update(len(sel))
+                if use_cache and len(new) >= CACHE_FLUSH:
+                    # Written as we go: an interrupted index of 20k chunks keeps what it embedded.
+                    self._cache_put(new)
+                    new = []
             if bar is not None:
                 bar.close()
             if use_cache:
