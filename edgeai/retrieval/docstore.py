@@ -79,6 +79,14 @@ class DocStore:
         with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    def generation(self) -> int:
+        """Counts the commits that changed chunks: an index saved at another generation is out of date."""
+        return int(self.get_meta("generation", 0))
+
+    def _bump(self) -> None:  # inside the transaction that changes chunks, so both commit or neither
+        self._db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) "
+                         "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
     # files -----------------------------------------------------------------------------------------------------
     def file_digest(self, path: str) -> Optional[str]:
         with self._lock:
@@ -107,6 +115,7 @@ class DocStore:
                 self._db.execute("INSERT INTO chunks_fts(rowid, title, body) VALUES (?, ?, ?)",
                                  (cur.lastrowid, title, body))
             self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, sha256, size, len(rows)))
+            self._bump()
 
     def _delete_chunks(self, path: str) -> None:
         # Caller holds the lock and the transaction: FTS rows go with their chunks.
@@ -118,6 +127,7 @@ class DocStore:
             ids = [r[0] for r in self._db.execute("SELECT id FROM chunks WHERE path=?", (path,))]
             self._delete_chunks(path)
             self._db.execute("DELETE FROM files WHERE path=?", (path,))
+            self._bump()
         return ids
 
     # chunks ----------------------------------------------------------------------------------------------------

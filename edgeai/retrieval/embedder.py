@@ -159,7 +159,11 @@ class Embedder:
     # --- encoding ----------------------------------------------------------------------------------------------
     def count_tokens(self, texts: Sequence[str]) -> List[int]:
         """Token counts without [CLS]/[SEP] and without truncation (used by the chunker)."""
-        return [len(e.ids) for e in self._count_tok.encode_batch(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        out = []
+        for i in range(0, len(texts), 512):  # a bounded batch of Encodings alive at a time
+            out += [len(e.ids) for e in self._count_tok.encode_batch(texts[i:i + 512], add_special_tokens=False)]
+        return out
 
     def _run(self, encodings) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
@@ -194,28 +198,31 @@ class Embedder:
             elif k not in todo:
                 todo[k] = i
         if todo:
-            order = list(todo.values())
-            encs = self.tokenizer.encode_batch([texts[i] for i in order])
-            by_len = sorted(range(len(order)), key=lambda j: len(encs[j].ids))
+            all_order = list(todo.values())
             if show_progress is None:
-                show_progress = len(order) >= PROGRESS_THRESHOLD
+                show_progress = len(all_order) >= PROGRESS_THRESHOLD
             bar = None
             if show_progress:
                 from tqdm import tqdm
-                bar = tqdm(total=len(order), desc="embedding", unit="text")
+                bar = tqdm(total=len(all_order), desc="embedding", unit="text")
             new = []
-            for s in range(0, len(by_len), batch_size):
-                sel = by_len[s:s + batch_size]
-                vecs = self._run([encs[j] for j in sel])
-                for j, v in zip(sel, vecs):
-                    out[order[j]] = v
-                    new.append((keys[order[j]], v.copy()))
-                if bar is not None:
-                    bar.update(len(sel))
-                if use_cache and len(new) >= CACHE_FLUSH:
-                    # Written as we go: an interrupted index of 20k chunks keeps what it embedded.
-                    self._cache_put(new)
-                    new = []
+            slice_n = 64 * batch_size  # tokenize a slice at a time: Encodings cost ~100 bytes per token
+            for a in range(0, len(all_order), slice_n):
+                order = all_order[a:a + slice_n]
+                encs = self.tokenizer.encode_batch([texts[i] for i in order])
+                by_len = sorted(range(len(order)), key=lambda j: len(encs[j].ids))
+                for s in range(0, len(by_len), batch_size):
+                    sel = by_len[s:s + batch_size]
+                    vecs = self._run([encs[j] for j in sel])
+                    for j, v in zip(sel, vecs):
+                        out[order[j]] = v
+                        new.append((keys[order[j]], v.copy()))
+                    if bar is not None:
+                        bar.update(len(sel))
+                    if use_cache and len(new) >= CACHE_FLUSH:
+                        # Written as we go: an interrupted index of 20k chunks keeps what it embedded.
+                        self._cache_put(new)
+                        new = []
             if bar is not None:
                 bar.close()
             if use_cache:

@@ -224,23 +224,32 @@ class RAG:
         return VectorIndex(self.embedder.dims, space="cosine", capacity=max(1024, self.store.count()))
 
     def _open_index(self) -> VectorIndex:
-        """Load the saved index if it matches the store; otherwise rebuild it from the stored vectors."""
+        """Load the saved index if it holds the store's generation; otherwise rebuild it from the stored vectors
+        and save it, so an index left behind by an interrupted add is repaired once, not on every open."""
+        why = None
         if self.folder is not None and (self.folder / INDEX_FILE).exists():
             try:
                 ix = VectorIndex.load(self.folder / INDEX_FILE)
-                if len(ix) == self.store.count() and set(ix.ids()) == set(self.store.chunk_ids()):
+                if ix.stamp.get("store_generation") == self.store.generation() and len(ix) == self.store.count():
                     return ix
+                why = f"{INDEX_FILE} is older than {STORE_FILE} (an add was interrupted before its save)"
             except ValueError as exc:
-                import warnings
-                warnings.warn(f"{exc}; rebuilding the index from {STORE_FILE}", stacklevel=3)
+                why = str(exc)
         ix = self._new_index()
         for ids, metas, vecs in self.store.vectors():
             ix.add(vecs, ids, metas)
+        if why is not None:
+            import warnings
+            warnings.warn(f"{why}; rebuilding the index from {STORE_FILE}", stacklevel=3)
+            self._save(ix)
         return ix
+
+    def _save(self, index: VectorIndex) -> None:
+        index.save(self.folder / INDEX_FILE, stamp={"store_generation": self.store.generation()})
 
     def save(self) -> None:
         if self.folder is not None:
-            self.index.save(self.folder / INDEX_FILE)
+            self._save(self.index)
 
     # --- indexing ---------------------------------------------------------------------------------------------
     def add(self, paths, show_progress: Optional[bool] = None) -> dict:
