@@ -21,6 +21,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 from . import _core
 from .manifest import load_manifest
+from .recipes import DEFAULT_LLM
 from .sampling import SamplingParams
 from .stop import StopMatcher
 from .tokenizer import Tokenizer
@@ -74,7 +75,7 @@ class Stream:
 
 
 class LLM:
-    def __init__(self, model: Union[str, os.PathLike] = "smollm2-135m", *, threads: Optional[int] = None,
+    def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
                  prefill_chunk: int = 128, prompt_lookup: int = 8):
         t0 = time.perf_counter()

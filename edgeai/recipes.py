@@ -29,6 +29,9 @@ else:  # pragma: no cover
 
 KINDS = ("llm", "embedding")
 QUANTS = ("fp32", "q8", "q4")
+# The chat model `edgeai ask`, `generate`, `chat`, `serve` and `LLM()` use unless told otherwise: the smallest
+# model that answers everyday Python questions well (SmolLM2-135M named the right API in about half of them).
+DEFAULT_LLM = "qwen2.5-coder-0.5b"
 
 
 @dataclass

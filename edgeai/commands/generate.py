@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import sys
 
+from ..recipes import DEFAULT_LLM
+
 
 def _llm_args(p):
-    p.add_argument("--model", default="smollm2-135m", help="model folder or recipe name (default: smollm2-135m)")
+    p.add_argument("--model", default=DEFAULT_LLM, help=f"model folder or recipe name (default: {DEFAULT_LLM})")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
-DEFAULT_LLM = "smollm2-135m"
+from edgeai.recipes import DEFAULT_LLM
 
 
 def _default_index() -> Path:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..recipes import DEFAULT_LLM
+
 
 def _default_log() -> Path:
     from ..paths import cache_dir
@@ -79,7 +81,7 @@ def cmd_serve(args) -> int:
         raise ValueError("--cache must be >= 0")
     if args.no_log and args.log_text:
         raise ValueError("--log-text needs a request log: drop --no-log")
-    llms = load_llms(args.model or ["smollm2-135m"], threads=args.threads, context_length=args.context)
+    llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context)
     embedders, rag, rag_model = {}, None, None
     if args.embedder or args.index:
         from ..retrieval.embedder import DEFAULT_MODEL
