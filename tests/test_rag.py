@@ -129,6 +129,7 @@ def test_citations_checked_against_sources():
     a = Answer("Use heappush [1] or heapify [3, 1]; see also [7].", [(1, "a", "", 0.5), (2, "b", "", 0.4),
                                                                    (3, "c", "", 0.3)])
     assert citations_in(a.text) == [1, 3, 7]
+    assert citations_in("Use it [2]:\n```python\ndata = [10, 20]\n```\nand `x[0]` [1]") == [2, 1]
     assert a.citations == [1, 3] and a.invalid_citations == [7]
     assert is_refusal(REFUSAL) and is_refusal("The provided documents do not answer the question.")
     assert not is_refusal("Use heapq.heappush [1].")

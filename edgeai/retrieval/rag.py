@@ -95,7 +95,8 @@ def is_refusal(text: str) -> bool:
 def citations_in(text: str) -> List[int]:
     """Source numbers cited as [n] or [n, m], in order of first appearance."""
     out: List[int] = []
-    for m in _CITATION.finditer(text or ""):
+    prose = re.sub(r"```.*?(```|$)|`[^`\n]*`", " ", text or "", flags=re.S)  # `[10, 20]` in code is data
+    for m in _CITATION.finditer(prose):
         for n in re.split(r"\s*,\s*", m.group(1)):
             if int(n) not in out:
                 out.append(int(n))
