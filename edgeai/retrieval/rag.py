@@ -36,6 +36,7 @@ the index and replaced. The SQLite DocStore keeps text and vectors, so the HNSW 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -157,6 +158,17 @@ def _shingles(text: str) -> set:
     return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
 
 
+@functools.lru_cache(maxsize=4)
+def plain_copy(tokenizer):
+    """A copy of an edgeai Tokenizer's inner tokenizer that encodes special-token text as plain text (built once
+    per tokenizer: parsing a 151k-token vocabulary takes a while)."""
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(tokenizer._tok.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+
 def chat_token_ids(tokenizer, messages: List[dict], plain=None) -> Optional[List[int]]:
     """Token ids of the chat prompt in which the template's own markers are special tokens and every
     message's text is plain text, whatever it contains. The template is rendered around placeholder contents
@@ -196,7 +208,6 @@ class RAG:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.llm, self.embedder = llm, embedder
         self.mode, self.min_score = mode, float(min_score)
-        self._plain_tok = None  # (tokenizer, its copy that never matches special tokens)
         self.folder: Optional[Path] = None
         if index is None or isinstance(index, (str, os.PathLike)):
             if index is not None:
@@ -383,12 +394,7 @@ class RAG:
         tok = getattr(self.llm, "tokenizer", None)
         ids = None
         if hasattr(self.llm, "generate") and hasattr(self.llm, "stream") and getattr(tok, "_tok", None) is not None:
-            if self._plain_tok is None or self._plain_tok[0] is not tok:
-                from tokenizers import Tokenizer
-                plain = Tokenizer.from_str(tok._tok.to_str())
-                plain.encode_special_tokens = True
-                self._plain_tok = (tok, plain)
-            ids = chat_token_ids(tok, messages, self._plain_tok[1])
+            ids = chat_token_ids(tok, messages, plain_copy(tok))
         if ids is None:
             return self.llm.chat(messages, stream=stream, **kwargs)
         return self.llm.stream(ids, **kwargs) if stream else self.llm.generate(ids, **kwargs)

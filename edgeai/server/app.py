@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from ..retrieval.rag import STOP, chat_token_ids, plain_copy
 from .cache import OutputCache, cache_key
 from .errors import APIError, bad_param, unknown_model
 from .logprobs import token_bytes, token_text
@@ -252,7 +253,10 @@ class EdgeServer:
         messages, sources = self.rag.build_messages(q, retrieved, max_new)
         req.prompts, req.max_tokens = [messages], max_new
         tok = served.llm.tokenizer
-        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        # retrieved text is plain text, never role tokens; the template's delimiters end the answer (as `edgeai ask`)
+        ids = chat_token_ids(tok, messages, plain_copy(tok)) or tok.encode(
+            tok.apply_chat_template(messages, add_generation_prompt=True))
+        req.stop = list(req.stop) + [s for s in STOP if s not in req.stop]
         run = self._run(req, served, [ids], "ask", json.dumps(messages), param="question", extra=ASK_EXTRA)
         await run.complete(request)
         c = run.choices[0]
