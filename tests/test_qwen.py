@@ -16,7 +16,7 @@ def test_qwen05_reads_exactly(qwen05_gguf):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from edgeai.convert.gguf_source import load_gguf
+    from edgeai.convert.gguf_source import hf_name, load_gguf
     from edgeai.convert.weights import BlockQuantized
 
     s = load_gguf(qwen05_gguf, with_sha256=False)
@@ -29,8 +29,6 @@ def test_qwen05_reads_exactly(qwen05_gguf):
     for t in sorted(reader.tensors, key=lambda t: int(t.n_elements)):  # the smallest tensor of each kind
         if len(t.shape) != 2 or t.tensor_type.name in kinds:
             continue
-        from edgeai.convert.gguf_source import hf_name
-
         ours = s.tensors[hf_name(t.name)]
         assert isinstance(ours, BlockQuantized)
         want = dequantize(np.asarray(t.data), t.tensor_type).reshape(ours.shape).astype(np.float32)

@@ -189,7 +189,7 @@ class GGUFTensors(Mapping):
         t = self.entries[hf]
         try:
             w = _read_tensor(self.path, t)
-        except ValueError:
+        except ValueError:  # already names the file and tensor
             raise
         except Exception as exc:  # struct/shape errors from a corrupt file
             raise ValueError(f"corrupt or truncated GGUF file {self.path}: tensor {t.name}: {exc}") from exc
