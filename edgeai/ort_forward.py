@@ -143,6 +143,19 @@ class OrtForward:
         # 7.5% of decode speed when done per step.
         self._row_spans, self._libc, self._rows_fed = [], _libc(), 0
         release_mapped_weights(model_path + ".data", graph.get("gathered_ranges") or (), self._row_spans)
+        self._bind_session(graph)
+
+    def sharing(self) -> "OrtForward":
+        """A second forward over the same session (same weights, no second load) with its own I/O binding,
+        for another engine: the batch engine (edgeai/batching.py) next to the LLM's own engine."""
+        twin = object.__new__(OrtForward)
+        twin.session, twin._graph = self.session, self._graph
+        twin._row_spans, twin._libc, twin._rows_fed = self._row_spans, self._libc, 0
+        twin._bind_session(self._graph)
+        return twin
+
+    def _bind_session(self, graph: dict) -> None:
+        self._graph = graph
         self.binding = self.session.io_binding()
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])
@@ -162,20 +175,34 @@ class OrtForward:
     def attach(self, engine) -> None:
         self._engine = weakref.ref(engine)  # the engine holds us: no reference cycle
 
-    def _bind_kv(self, engine, batch):
+    def _bind_kv(self, engine, batch, first_row=0):
+        """Bind KV rows [first_row, first_row + batch): the buffers are [rows, heads, max_seq, head_dim], so a
+        run over later rows starts first_row whole rows into each buffer."""
         _, heads, max_seq, head_dim = engine.kv_shape
         shape = [batch, heads, max_seq, head_dim]
+        offset = first_row * heads * max_seq * head_dim * 4
         for i in range(self.layers):
             for kind, is_value in (("key", False), ("value", True)):
-                addr = engine.kv_address(i, is_value)
+                addr = engine.kv_address(i, is_value) + offset
                 self.binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
                 self.binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, addr)
 
     def __call__(self, batch, n_tokens, past_len, tokens_addr, logits_addr, kv_version, n_logits=1):
+        """Every row at the same position (the Engine: one sequence, or beams)."""
+        self._run(0, batch, n_tokens, None, past_len, tokens_addr, logits_addr, kv_version, n_logits)
+
+    def rows(self, first_row, batch, n_tokens, past_lens_addr, tokens_addr, logits_addr, kv_version):
+        """Rows at their own positions (the BatchEngine, csrc/batch_engine.h): past_lens_addr points at
+        batch int32 lengths. GroupQueryAttention takes seqlens_k per row (each row's rotary position comes
+        from its own entry) and total_sequence_length as the longest row after the step."""
+        past = np.ctypeslib.as_array((ctypes.c_int32 * batch).from_address(past_lens_addr))
+        self._run(first_row, batch, n_tokens, past, None, tokens_addr, logits_addr, kv_version, 1)
+
+    def _run(self, first_row, batch, n_tokens, past_lens, past_len, tokens_addr, logits_addr, kv_version, n_logits):
         engine = self._engine()
-        if (kv_version, batch) != self._kv_key:
-            self._bind_kv(engine, batch)
-            self._kv_key = (kv_version, batch)
+        if (kv_version, batch, first_row) != self._kv_key:
+            self._bind_kv(engine, batch, first_row)
+            self._kv_key = (kv_version, batch, first_row)
         if batch != self._batch:
             self.seqlens = np.zeros(batch, dtype=np.int32)
             self.binding.bind_input("seqlens_k", "cpu", 0, np.int32, [batch], self.seqlens.ctypes.data)
@@ -196,8 +223,12 @@ class OrtForward:
                 self.binding.bind_output("logits", "cpu", 0, np.float32, [batch, rows, self.vocab], logits_addr)
                 self.num_logits[0] = rows
             self._logits_key = (batch, rows, logits_addr)
-        self.seqlens[:] = past_len + n_tokens - 1
-        self.total[0] = past_len + n_tokens
+        if past_lens is None:
+            self.seqlens[:] = past_len + n_tokens - 1
+            self.total[0] = past_len + n_tokens
+        else:
+            np.add(past_lens, n_tokens - 1, out=self.seqlens)
+            self.total[0] = int(self.seqlens.max()) + 1
         t0 = time.perf_counter()
         self.session.run_with_iobinding(self.binding)
         self.run_s += time.perf_counter() - t0
