@@ -56,11 +56,11 @@ class Running:
         self.sock.close()
 
 
-def start(folder, tmp_path, embed=None, rag_index=None, **cfg):
+def start(folder, tmp_path, embed=None, rag_index=None, max_batch=1, rag_min_score=None, **cfg):
     from edgeai.server.app import EdgeServer, ServerConfig
     from edgeai.server.registry import ServedEmbedder, folder_digest, load_llms
 
-    llms = load_llms([f"tiny={folder}"], threads=1)
+    llms = load_llms([f"tiny={folder}"], threads=1, max_batch=max_batch)
     embedders = {}
     if embed is not None:
         e = edgeai.Embedder(embed, threads=1)
@@ -68,7 +68,8 @@ def start(folder, tmp_path, embed=None, rag_index=None, **cfg):
     rag = None
     if rag_index is not None:
         from edgeai.retrieval.rag import RAG
-        rag = RAG(llms["tiny"].llm, embedders["tiny-embed"].embedder, rag_index)
+        rag = RAG(llms["tiny"].llm, embedders["tiny-embed"].embedder, rag_index,
+                  **({} if rag_min_score is None else {"min_score": rag_min_score}))
     config = ServerConfig(**{"api_key": KEY, "log_path": str(tmp_path / "log.sqlite"), "log_text": True, **cfg})
     return Running(EdgeServer(llms, config, embedders, rag, "tiny" if rag else None))
 
@@ -81,7 +82,9 @@ def srv(tiny, tiny_embed_model, tmp_path_factory):
     index = tmp_path_factory.mktemp("index")
     from edgeai.retrieval.rag import RAG
     RAG(None, edgeai.Embedder(tiny_embed_model, threads=1), index).add([docs])
-    r = start(tiny[1], tmp_path_factory.mktemp("log"), embed=tiny_embed_model, rag_index=index)
+    # Batched like `edgeai serve` (--batch 4), so every test below also runs through the batch engine.
+    r = start(tiny[1], tmp_path_factory.mktemp("log"), embed=tiny_embed_model, rag_index=index, max_batch=4,
+              rag_min_score=-1.0)
     yield r
     r.stop()
 

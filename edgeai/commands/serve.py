@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     p.add_argument("--log-text", action="store_true", help="store prompt and answer text in the request log")
     p.add_argument("--cache", type=int, default=0, metavar="ENTRIES",
                    help="exact-match output cache for deterministic requests, in entries (default 0: off)")
+    p.add_argument("--batch", type=int, default=4, metavar="ROWS",
+                   help="generations per model decoded together, sharing each forward step (continuous "
+                        "batching; default 4). 1 runs one at a time: then a result never depends on what "
+                        "else runs, also with int8 (q4/q8) models (docs/server.md)")
     p.add_argument("--max-queue", type=int, default=16, help="generations that may wait (more get 429)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, queue wait included")
     p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body accepted (413 beyond)")
@@ -77,11 +81,14 @@ def cmd_serve(args) -> int:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     for name in ("max_queue", "timeout", "max_body_kb", "shutdown_timeout"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if not 1 <= args.batch <= 64:
+        raise ValueError(f"--batch must be in [1, 64], got {args.batch}")
     if args.cache < 0:
         raise ValueError("--cache must be >= 0")
     if args.no_log and args.log_text:
         raise ValueError("--log-text needs a request log: drop --no-log")
-    llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context)
+    llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context,
+                     max_batch=args.batch)
     embedders, rag, rag_model = {}, None, None
     if args.embedder or args.index:
         from ..retrieval.embedder import DEFAULT_MODEL

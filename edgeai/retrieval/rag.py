@@ -399,14 +399,19 @@ class RAG:
             return self.llm.chat(messages, stream=stream, **kwargs)
         return self.llm.stream(ids, **kwargs) if stream else self.llm.generate(ids, **kwargs)
 
+    def below_floor(self, retrieved, min_score: Optional[float] = None) -> bool:
+        """True when nothing retrieved scores min_score (default: self.min_score) or more: the question is
+        far from every source, so the answer is REFUSAL and the LLM is not asked (`ask`, serve's /v1/ask)."""
+        floor = self.min_score if min_score is None else float(min_score)
+        return not retrieved or max(s for _, s in retrieved) < floor
+
     def ask(self, question: str, k: int = 4, stream: bool = False, max_new_tokens: int = 512,
             temperature: float = 0.0, filter=None, min_score: Optional[float] = None, **llm_kwargs) -> Answer:
         """Retrieve k chunks, fit them in the prompt template, ask the LLM. When the best chunk scores below
         min_score (default: self.min_score), answer REFUSAL without asking the LLM (Answer.refused).
         Extra keyword arguments (e.g. repetition_penalty) go to the LLM unchanged; `stop` adds to STOP."""
         retrieved = self.retrieve(question, k=k, filter=filter)
-        floor = self.min_score if min_score is None else float(min_score)
-        if not retrieved or max(s for _, s in retrieved) < floor:
+        if self.below_floor(retrieved, min_score):
             return Answer("", [], stream=iter([REFUSAL]), refused=True) if stream else \
                 Answer(REFUSAL, [], refused=True)
         messages, sources = self.build_messages(question, retrieved, max_new_tokens)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from ..retrieval.rag import STOP, chat_token_ids, plain_copy
+from ..retrieval.rag import REFUSAL, STOP, chat_token_ids, plain_copy
 from .cache import OutputCache, cache_key
 from .errors import APIError, bad_param, unknown_model
 from .logprobs import token_bytes, token_text
@@ -249,7 +249,18 @@ class EdgeServer:
             req.temperature = 0.0  # like `edgeai ask`: greedy, so an answer can be checked again
         served = self._served(req.model)
         max_new = req.max_tokens or 384
+        t0 = time.monotonic()
         retrieved = await asyncio.to_thread(self.rag.retrieve, q, k)
+        if self.rag.below_floor(retrieved):  # as `edgeai ask`: far from every source, the model is not asked
+            rid = "ask-" + secrets.token_hex(12)
+            await self.record({"id": rid, "endpoint": "ask", "model": req.model, "model_digest": served.digest,
+                               "prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "refused",
+                               "total_s": time.monotonic() - t0, "user": req.user, "cached": 0,
+                               "prompt_text": q, "completion_text": REFUSAL}, 200)
+            return JSONResponse({"id": rid, "object": "edgeai.answer", "created": int(time.time()),
+                                 "model": req.model, "answer": REFUSAL, "finish_reason": "refused", "refused": True,
+                                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                                 "cached": False, "sources": []})
         messages, sources = self.rag.build_messages(q, retrieved, max_new)
         req.prompts, req.max_tokens = [messages], max_new
         tok = served.llm.tokenizer
@@ -261,7 +272,8 @@ class EdgeServer:
         await run.complete(request)
         c = run.choices[0]
         return JSONResponse({"id": run.id, "object": "edgeai.answer", "created": run.created, "model": req.model,
-                             "answer": c.text, "finish_reason": c.finish_reason, "usage": run.usage(),
+                             "answer": c.text, "finish_reason": c.finish_reason, "refused": False,
+                             "usage": run.usage(),
                              "cached": run.cache_state == "hit",
                              "sources": [{"n": n, "path": path, "section": section, "score": round(score, 4)}
                                          for n, path, section, score in sources]},

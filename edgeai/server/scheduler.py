@@ -5,12 +5,11 @@ One `Job` is one generation (one choice of one prompt). A request submits its jo
 index, in the order the engine produces them.
 
 How jobs share an engine: each model has an `Executor` with `slots` worker threads; a thread takes the next
-queued job and runs it to the end. Today's engine (`edgeai.LLM`) runs one generation at a time, so its
-executor has one slot and requests take turns: a request waits in the queue while another decodes.
-A continuously batched engine plugs in as an executor with `slots` = its batch rows, whose threads each call
-its blocking generate and whose steps the engine shares; `stop(job)` must then stop that one sequence
-(today it is `llm.cancel()`, which stops the generation in flight, i.e. the job's own). Admission, deadlines,
-cancellation on disconnect, metrics and the request log above this layer stay as they are.
+queued job and runs it to the end. An LLM loaded with max_batch=N (`edgeai serve --batch N`, the default 4)
+gets N slots: N jobs run at once and the continuous-batching engine (csrc/batch_engine.h) shares each forward
+step between them; a job joins between steps and leaves when it ends, without stalling the others, and
+`stop(job)` cancels that one row (`Stream.cancel`). With max_batch=1 the executor has one slot and requests
+take turns; `stop` is then `llm.cancel()`, which stops the generation in flight, i.e. the job's own.
 
 Cancelling a job (client gone, deadline, shutdown) sets its flag; a queued job is dropped when its turn
 comes, a running one is stopped at its next token: the worker calls `stop` when it sees the flag at the next
@@ -38,6 +37,7 @@ class Job:
         self._cancel = threading.Event()
         self.cancel_reason: Optional[str] = None
         self.running = False
+        self.stream = None  # the engine's Stream once the job runs
         self.submitted = time.monotonic()
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -59,13 +59,14 @@ class Job:
 
 class Executor:
     """Runs jobs on one model's engine. `run(job, on_text)` returns the edgeai Generation."""
-    slots = 1
 
     def __init__(self, llm):
         self.llm = llm
+        self.slots = max(1, int(getattr(llm, "max_batch", 1)))
 
     def run(self, job: Job, on_text: Callable[[str], None]):
         it = self.llm.stream(job.prompt_ids, **job.kwargs)
+        job.stream = it  # what `stop` cancels when rows are batched
         try:
             for piece in it:
                 if job.cancelled or time.monotonic() > job.deadline:
@@ -76,10 +77,15 @@ class Executor:
                 on_text(piece)
         finally:
             it.close()
-        return self.llm.last_generation  # one generation at a time per LLM: it is this job's
+        return it.generation  # this stream's own (per-thread last_generation would do too)
 
     def stop(self, job: Job) -> None:
-        self.llm.cancel()
+        if self.slots > 1:
+            stream = job.stream
+            if stream is not None:  # not started yet: the watchdog comes back every WATCHDOG_S
+                stream.cancel()
+        else:
+            self.llm.cancel()
 
 
 class ModelQueue:

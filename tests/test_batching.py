@@ -1,0 +1,262 @@
+"""Continuous batching (csrc/batch_engine.h, LLM(max_batch=N)): sequences that share forward steps give the
+tokens they give alone; rows join between steps, leave when they end or are cancelled, and never wait on a
+slow consumer."""
+import ctypes
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgeai import LLM, _core
+from edgeai.sampling import SamplingParams
+
+from conftest import build_tiny_llm_folder
+
+V = 200
+EOS = [5]
+
+
+def _alone(prompt, n, seed, vocab=V):
+    """The reference: the single-sequence engine, no prompt cache, one token per step."""
+    e = _core.Engine(_core.FakeForward(vocab), 2, 1, 4, 512, vocab, 0, 8)
+    return e.generate(prompt, SamplingParams(temperature=0.8, seed=seed).make_chain(), n, EOS,
+                      use_prompt_cache=False)
+
+
+def _prompts(count, seed=0, lo=1, hi=40, vocab=V):
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randrange(lo, hi))] for _ in range(count)]
+
+
+def _run_concurrently(fn, count):
+    out, errors = {}, []
+    barrier = threading.Barrier(count)
+
+    def worker(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a generation hung"
+    assert not errors, errors
+    return out
+
+
+def _gate(engine, count):
+    """An on_token that holds its consumer at the first token until all `count` sequences were submitted:
+    the other rows must keep stepping meanwhile (nobody waits on a slow consumer), and rows overlap."""
+    def on_token(_tok, seen=[]):  # noqa: B006 - one gate per call of _gate
+        if not seen:
+            seen.append(1)
+            t0 = time.time()
+            while time.time() - t0 < 30:
+                s = engine.stats
+                if s["running"] + s["queued"] >= count or s["decode_steps"] > 200:
+                    break
+                time.sleep(0.001)
+        return True
+    return on_token
+
+
+def test_rows_in_a_batch_give_the_tokens_they_give_alone():
+    n = 7
+    be = _core.BatchEngine(_core.FakeForward(V), 2, 1, 4, 512, V, 3, 8, True)  # 7 sequences, 3 rows: joins
+    prompts = _prompts(n, lo=1, hi=40)  # 1 to 39 tokens: 1 to 5 prefill chunks of 8
+    streamed = {i: [] for i in range(n)}
+
+    def one(i):
+        gate = _gate(be, n) if i == 0 else (lambda t: True)
+        return be.generate(100 + i, prompts[i], SamplingParams(temperature=0.8, seed=i).make_chain(), 20 + 3 * i,
+                           EOS, lambda t: streamed[i].append(t) or gate(t))
+
+    got = _run_concurrently(one, n)
+    for i in range(n):
+        ref = _alone(prompts[i], 20 + 3 * i, i)
+        assert got[i]["sequences"] == ref["sequences"], i
+        assert got[i]["finish_reason"] == ref["finish_reason"]
+        assert streamed[i] == [t for t in ref["sequences"][0] if t not in EOS]  # eos is never streamed
+    s = be.stats
+    assert s["decode_rows"] > s["decode_steps"]  # rows did share steps
+    assert s["running"] == s["queued"] == 0
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_a_cancelled_row_leaves_and_the_others_are_unaffected(interleave):
+    n = 4
+    be = _core.BatchEngine(_core.FakeForward(V), 2, 1, 4, 512, V, 4, 8, interleave)
+    prompts = _prompts(n, seed=1, lo=10, hi=30)
+    started = threading.Event()
+
+    def one(i):
+        chain = SamplingParams(temperature=0.8, seed=i).make_chain()
+        if i == 0:  # cancelled from another thread after its third token, while the others run
+            def on_token(t, k=[0]):  # noqa: B006
+                k[0] += 1
+                if k[0] == 3:
+                    started.set()
+                    time.sleep(0.05)
+                return True
+            return be.generate(7, prompts[i], chain, 400, [], on_token)
+        return be.generate(i, prompts[i], chain, 60, EOS, None)
+
+    def canceller():
+        started.wait(30)
+        assert be.cancel(7)
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    got = _run_concurrently(one, n)
+    t.join()
+    assert got[0]["finish_reason"] == "cancelled" and 3 <= len(got[0]["sequences"][0]) < 400
+    assert got[0]["sequences"][0] == _alone(prompts[0], 400, 0)["sequences"][0][:len(got[0]["sequences"][0])]
+    for i in range(1, n):
+        assert got[i]["sequences"] == _alone(prompts[i], 60, i)["sequences"]
+    assert not be.cancel(7)  # gone
+
+
+def _counting_forward(first_row, batch, n_tokens, past_lens_addr, tokens_addr, logits_addr, kv_version):
+    """A slow Python forward whose greedy next token is the last one fed plus one."""
+    time.sleep(0.005)
+    toks = np.ctypeslib.as_array((ctypes.c_int64 * (batch * n_tokens)).from_address(tokens_addr))
+    logits = np.ctypeslib.as_array((ctypes.c_float * (batch * V)).from_address(logits_addr)).reshape(batch, V)
+    logits[:] = 0.0
+    logits[np.arange(batch), (toks.reshape(batch, n_tokens)[:, -1] + 1) % V] = 1.0
+
+
+def test_callback_stop_and_a_cancel_while_queued():
+    be = _core.BatchEngine(_counting_forward, 2, 1, 4, 512, V, 1, 8, True)  # one row: the second must wait
+    greedy = SamplingParams(temperature=0.0)
+    holding = threading.Event()
+    res = {}
+
+    def stops_at_4(t, seen=[]):  # noqa: B006
+        seen.append(t)
+        holding.set()
+        return len(seen) < 4
+
+    def first():
+        res["a"] = be.generate(1, [10], greedy.make_chain(), 200, [], stops_at_4)
+
+    def queued():
+        res["b"] = be.generate(2, [50, 51], greedy.make_chain(), 200, [], None)
+
+    ta = threading.Thread(target=first)
+    ta.start()
+    holding.wait(10)
+    tb = threading.Thread(target=queued)
+    tb.start()
+    for _ in range(5000):
+        if be.stats["queued"]:
+            break
+        time.sleep(0.0005)
+    assert be.cancel(2)
+    ta.join(30)
+    tb.join(30)
+    assert res["a"]["finish_reason"] == "stop" and res["a"]["sequences"][0] == [11, 12, 13, 14]
+    assert res["b"]["finish_reason"] == "cancelled" and res["b"]["sequences"][0] == []
+    # rows at their own positions reach a Python forward as per-row lengths
+    got = _run_concurrently(lambda i: be.generate(10 + i, [20 * i + 1] * (i + 1), greedy.make_chain(), 5, [], None), 3)
+    assert [got[i]["sequences"][0] for i in range(3)] == [list(range(20 * i + 2, 20 * i + 7)) for i in range(3)]
+
+
+def test_bad_calls_are_refused():
+    be = _core.BatchEngine(_core.FakeForward(V), 2, 1, 4, 64, V, 2, 8, True)
+    ch = SamplingParams(temperature=0.0).make_chain()
+    with pytest.raises(ValueError, match="empty"):
+        be.generate(1, [], ch, 5, [], None)
+    with pytest.raises(ValueError, match="outside"):
+        be.generate(1, [V], ch, 5, [], None)
+    with pytest.raises(ValueError, match="context"):
+        be.generate(1, [1] * 64, ch, 5, [], None)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        be.generate(1, [1], ch, 0, [], None)
+    with pytest.raises(ValueError, match="sampler chain"):
+        be.generate(1, [1], None, 5, [], None)
+    with pytest.raises(ValueError, match="request_id"):
+        be.generate(-1, [1], ch, 5, [], None)
+    with pytest.raises(ValueError, match="max_rows"):
+        _core.BatchEngine(_core.FakeForward(V), 2, 1, 4, 64, V, 0, 8, True)
+    with pytest.raises(TypeError, match="forward"):
+        _core.BatchEngine(3, 2, 1, 4, 64, V, 2, 8, True)
+
+    def raises(*a):
+        raise RuntimeError("model exploded")
+
+    bad = _core.BatchEngine(raises, 2, 1, 4, 64, V, 2, 8, True)
+    got = _run_concurrently(lambda i: pytest.raises(RuntimeError, bad.generate, i, [1, 2], ch, 5, [], None), 3)
+    assert all("model exploded" in str(g.value) for g in got.values())  # every row of the step, no hang
+
+    def boom(t):
+        raise KeyError("consumer bug")
+
+    with pytest.raises(KeyError, match="consumer bug"):
+        be.generate(3, [1, 2], ch, 5, [], boom)
+    assert be.generate(3, [1, 2], ch, 5, [], None)["finish_reason"] == "length"  # the id is free again
+
+
+# --------------------------------------------------------------------------- a real graph (ONNX Runtime)
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory):
+    return build_tiny_llm_folder(tmp_path_factory.mktemp("batch") / "fp32", seed=3, max_pos=512, vocab=320)[1]
+
+
+def test_batched_llm_equals_alone_on_fp32(tiny_fp32):
+    """Rows at different positions in one GroupQueryAttention step (per-row seqlens_k and rotary positions),
+    prompts longer than a prefill chunk joining while others decode: every sequence's tokens equal the same
+    request run alone. fp32 weights, so equal means exactly equal."""
+    n = 6
+    alone = LLM(tiny_fp32, threads=1, prompt_lookup=0, prompt_cache=False, prefill_chunk=16)
+    batched = LLM(tiny_fp32, threads=1, max_batch=3, prefill_chunk=16)
+    prompts = _prompts(n, seed=4, lo=3, hi=70, vocab=300)
+    kw = [dict(max_new_tokens=24 + 4 * i, temperature=0.0 if i % 2 else 0.9, seed=i, presence_penalty=0.5)
+          for i in range(n)]
+    gate = _gate(batched._batch, n)
+
+    def one(i):
+        pieces = []
+        for piece in batched.stream(prompts[i], **kw[i]):
+            pieces.append(piece)
+            if i == 0 and len(pieces) == 1:
+                gate(0)
+        return pieces
+
+    got = _run_concurrently(one, n)
+    for i in range(n):
+        ref = alone.generate(prompts[i], **kw[i])
+        assert "".join(got[i]) == ref.text, i
+    s = batched._batch.stats
+    assert s["decode_rows"] > s["decode_steps"] and s["prefill_chunks"] > n  # shared steps, chunked prompts
+
+
+def test_stream_cancel_ends_one_batched_generation(tiny_fp32):
+    llm = LLM(tiny_fp32, threads=1, max_batch=2)
+    ban = {t: -100.0 for t in llm.eos_token_ids}
+    a = llm.stream([7, 8, 9], max_new_tokens=400, temperature=0.0, logit_bias=ban)
+    ref = LLM(tiny_fp32, threads=1).generate([10, 11], max_new_tokens=30, temperature=0.0, logit_bias=ban,
+                                              prompt_lookup=0)
+    out = {}
+
+    def other():
+        out["b"] = llm.generate([10, 11], max_new_tokens=30, temperature=0.0, logit_bias=ban)
+
+    next(a)
+    t = threading.Thread(target=other)
+    t.start()
+    a.cancel()  # from this thread, while another thread's row keeps decoding
+    rest = list(a)
+    t.join(60)
+    assert a.generation.finish_reason == "cancelled" and len(a.generation.token_ids) < 400
+    assert len(rest) < 400
+    assert out["b"].token_ids == ref.token_ids and out["b"].finish_reason == "length"
+    with pytest.raises(ValueError, match="max_batch"):
+        LLM(tiny_fp32, max_batch=0)
