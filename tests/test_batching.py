@@ -52,18 +52,18 @@ def _run_concurrently(fn, count):
 
 
 def _gate(engine, count):
-    """An on_token that holds its consumer at the first token until all `count` sequences were submitted:
-    the other rows must keep stepping meanwhile (nobody waits on a slow consumer), and rows overlap."""
+    """An on_token that holds its consumer at the first token until all `count` sequences have reached the
+    engine: the other rows must keep stepping meanwhile (nobody waits on a slow consumer), and rows overlap.
+    Callers count themselves in `gate.arrived` before they generate."""
     def on_token(_tok, seen=[]):  # noqa: B006 - one gate per call of _gate
         if not seen:
             seen.append(1)
             t0 = time.time()
-            while time.time() - t0 < 30:
-                s = engine.stats
-                if s["running"] + s["queued"] >= count or s["decode_steps"] > 200:
-                    break
+            while len(on_token.arrived) < count and time.time() - t0 < 30:
                 time.sleep(0.001)
+            time.sleep(0.01)
         return True
+    on_token.arrived = []
     return on_token
 
 
@@ -73,8 +73,11 @@ def test_rows_in_a_batch_give_the_tokens_they_give_alone():
     prompts = _prompts(n, lo=1, hi=40)  # 1 to 39 tokens: 1 to 5 prefill chunks of 8
     streamed = {i: [] for i in range(n)}
 
+    gate0 = _gate(be, n)
+
     def one(i):
-        gate = _gate(be, n) if i == 0 else (lambda t: True)
+        gate = gate0 if i == 0 else (lambda t: True)
+        gate0.arrived.append(i)
         return be.generate(100 + i, prompts[i], SamplingParams(temperature=0.8, seed=i).make_chain(), 20 + 3 * i,
                            EOS, lambda t: streamed[i].append(t) or gate(t))
 
@@ -91,9 +94,9 @@ def test_rows_in_a_batch_give_the_tokens_they_give_alone():
 
 @pytest.mark.parametrize("interleave", [True, False])
 def test_a_cancelled_row_leaves_and_the_others_are_unaffected(interleave):
-    n = 4
-    be = _core.BatchEngine(_core.FakeForward(V), 2, 1, 4, 512, V, 4, 8, interleave)
-    prompts = _prompts(n, seed=1, lo=10, hi=30)
+    n, vocab = 4, 20000  # a wide vocabulary makes each fake step slow enough (~1 ms a row) for the cancel
+    be = _core.BatchEngine(_core.FakeForward(vocab), 2, 1, 4, 512, vocab, 4, 8, interleave)
+    prompts = _prompts(n, seed=1, lo=10, hi=30, vocab=vocab)
     started = threading.Event()
 
     def one(i):
@@ -108,18 +111,21 @@ def test_a_cancelled_row_leaves_and_the_others_are_unaffected(interleave):
             return be.generate(7, prompts[i], chain, 400, [], on_token)
         return be.generate(i, prompts[i], chain, 60, EOS, None)
 
+    cancelled = []
+
     def canceller():
         started.wait(30)
-        assert be.cancel(7)
+        cancelled.append(be.cancel(7))
 
     t = threading.Thread(target=canceller)
     t.start()
     got = _run_concurrently(one, n)
     t.join()
+    assert cancelled == [True]
     assert got[0]["finish_reason"] == "cancelled" and 3 <= len(got[0]["sequences"][0]) < 400
-    assert got[0]["sequences"][0] == _alone(prompts[0], 400, 0)["sequences"][0][:len(got[0]["sequences"][0])]
+    assert got[0]["sequences"][0] == _alone(prompts[0], 400, 0, vocab)["sequences"][0][:len(got[0]["sequences"][0])]
     for i in range(1, n):
-        assert got[i]["sequences"] == _alone(prompts[i], 60, i)["sequences"]
+        assert got[i]["sequences"] == _alone(prompts[i], 60, i, vocab)["sequences"]
     assert not be.cancel(7)  # gone
 
 
@@ -224,6 +230,7 @@ def test_batched_llm_equals_alone_on_fp32(tiny_fp32):
 
     def one(i):
         pieces = []
+        gate.arrived.append(i)
         for piece in batched.stream(prompts[i], **kw[i]):
             pieces.append(piece)
             if i == 0 and len(pieces) == 1:
