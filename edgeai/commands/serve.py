@@ -34,8 +34,10 @@ def add_parser(sub) -> None:
                    help="exact-match output cache for deterministic requests, in entries (default 0: off)")
     p.add_argument("--batch", type=int, default=4, metavar="ROWS",
                    help="generations per model decoded together, sharing each forward step (continuous "
-                        "batching; default 4). 1 runs one at a time: then a result never depends on what "
-                        "else runs, also with int8 (q4/q8) models (docs/server.md)")
+                        "batching; default 4). 1 runs one at a time")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="q4/q8 models: a result never depends on whether its request was decoded alone or with "
+                        "others (a lone request then decodes as a two-row step; docs/server.md)")
     p.add_argument("--max-queue", type=int, default=16, help="generations that may wait (more get 429)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, queue wait included")
     p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body accepted (413 beyond)")
@@ -88,7 +90,7 @@ def cmd_serve(args) -> int:
     if args.no_log and args.log_text:
         raise ValueError("--log-text needs a request log: drop --no-log")
     llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context,
-                     max_batch=args.batch)
+                     max_batch=args.batch, batch_invariant=args.batch_invariant)
     embedders, rag, rag_model = {}, None, None
     if args.embedder or args.index:
         from ..retrieval.embedder import DEFAULT_MODEL

@@ -59,7 +59,7 @@ class ServedEmbedder:
     digest: str
 
 
-def load_llms(specs, threads=None, context_length=None, max_batch=1) -> dict:
+def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invariant=False) -> dict:
     from ..llm import LLM
 
     out = {}
@@ -67,7 +67,8 @@ def load_llms(specs, threads=None, context_length=None, max_batch=1) -> dict:
         ident, target = split_spec(spec)
         if ident in out:
             raise ValueError(f"two --model entries are both named {ident!r}: name one ID=FOLDER")
-        llm = LLM(target, threads=threads, context_length=context_length, max_batch=max_batch)
+        llm = LLM(target, threads=threads, context_length=context_length, max_batch=max_batch,
+                  batch_invariant=batch_invariant)
         out[ident] = ServedLLM(ident, llm, folder_digest(llm.model_dir), threads)
     return out
 
