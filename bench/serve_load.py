@@ -81,12 +81,12 @@ class Server:
             self.p.kill()
 
 
-def one_request(srv: Server, question: str, max_tokens: int) -> dict:
+def one_request(srv: Server, question: str, max_tokens: int, logit_bias=None) -> dict:
     t0 = time.perf_counter()
     stamps, usage = [], None
     stream = srv.client.chat.completions.create(
         model=srv.model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True})
+        stream=True, stream_options={"include_usage": True}, **({"logit_bias": logit_bias} if logit_bias else {}))
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             stamps.append(time.perf_counter())
@@ -100,7 +100,7 @@ def one_request(srv: Server, question: str, max_tokens: int) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def run_level(srv: Server, clients: int, requests: int, max_tokens: int, time_limit: float) -> dict:
+def run_level(srv: Server, clients: int, requests: int, max_tokens: int, time_limit: float, logit_bias=None) -> dict:
     results, errors, lock = [], [], threading.Lock()
     deadline = time.perf_counter() + time_limit
 
@@ -110,7 +110,7 @@ def run_level(srv: Server, clients: int, requests: int, max_tokens: int, time_li
                 return
             q = QUESTIONS[(c * requests + r) % len(QUESTIONS)]
             try:
-                out = one_request(srv, q, max_tokens)
+                out = one_request(srv, q, max_tokens, logit_bias)
             except Exception as exc:  # noqa: BLE001 - counted, the load goes on
                 with lock:
                     errors.append(repr(exc)[:200])
@@ -137,7 +137,7 @@ def run_level(srv: Server, clients: int, requests: int, max_tokens: int, time_li
             "token_p95_ms": round(1000 * _pct(gaps, 0.95), 2) if gaps else None}
 
 
-def direct_baseline(model: str, threads: int, requests: int, max_tokens: int) -> dict:
+def direct_baseline(model: str, threads: int, requests: int, max_tokens: int, logit_bias=None) -> dict:
     """The engine alone, no server: the same requests one after another through edgeai.LLM.stream, in a
     child process (so its memory and threads are gone before a server starts)."""
     code = f"""
@@ -148,7 +148,8 @@ llm.chat([{{"role": "user", "content": qs[0]}}], max_new_tokens=4)
 tokens, ttft, gaps, t0 = 0, [], [], time.perf_counter()
 for i in range({requests}):
     s, stamps = time.perf_counter(), []
-    for piece in llm.chat([{{"role": "user", "content": qs[i % len(qs)]}}], stream=True, max_new_tokens={max_tokens}):
+    for piece in llm.chat([{{"role": "user", "content": qs[i % len(qs)]}}], stream=True, max_new_tokens={max_tokens},
+                          logit_bias={ {int(k): float(v) for k, v in (logit_bias or {}).items()} !r}):
         stamps.append(time.perf_counter())
     tokens += len(llm.last_generation.token_ids)
     ttft.append(stamps[0] - s)
@@ -183,6 +184,9 @@ def main():
     ap.add_argument("--batch", type=int, default=4, help="edgeai serve --batch (rows decoded together)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level before no new request")
     ap.add_argument("--peer-python", default="/work/peers/venv/bin/python")
+    ap.add_argument("--ban-eos", action="store_true",
+                    help="every request runs to --max-tokens (logit_bias -100 on the model's end tokens, for both "
+                         "servers): short answers otherwise make TTFT dominate the tokens/s")
     ap.add_argument("--json")
     args = ap.parse_args()
     if max(args.clients) > MAX_CLIENTS or max(args.clients) * args.requests > MAX_REQUESTS or min(args.clients) < 1:
@@ -209,7 +213,12 @@ def main():
         print(f"llama.cpp server: not run (needs llama_cpp in {args.peer_python} and the GGUF {gguf})",
               file=sys.stderr)
 
-    rows = [direct_baseline(args.model, args.threads, args.requests, args.max_tokens)]
+    bias = None
+    if args.ban_eos:
+        from edgeai.pull import resolve_model
+        from edgeai.tokenizer import Tokenizer
+        bias = {str(t): -100 for t in Tokenizer.from_folder(resolve_model(args.model)).eos_token_ids}
+    rows = [direct_baseline(args.model, args.threads, args.requests, args.max_tokens, bias)]
     print(json.dumps(rows[-1]), file=sys.stderr)
     for i, clients in enumerate(args.clients):
         order = list(servers) if i % 2 == 0 else list(reversed(servers))
@@ -217,7 +226,7 @@ def main():
             srv = servers[name]()
             try:
                 one_request(srv, QUESTIONS[0], 4)  # warm-up: first-request costs out of the figures
-                rows.append(run_level(srv, clients, args.requests, args.max_tokens, args.time_limit))
+                rows.append(run_level(srv, clients, args.requests, args.max_tokens, args.time_limit, bias))
             finally:
                 srv.stop()
             print(json.dumps(rows[-1]), file=sys.stderr)

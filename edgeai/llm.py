@@ -183,6 +183,12 @@ class LLM:
         if self._batch is not None:
             self._batch.cancel_all()
 
+    @property
+    def batch_stats(self) -> Optional[dict]:
+        """The batch engine's counters (max_batch > 1; else None): decode_steps, decode_rows (their ratio is
+        the mean batch), prefill_chunks, and the sequences running and queued now."""
+        return self._batch.stats if self._batch is not None else None
+
     def clear_prompt_cache(self) -> None:
         self._live().clear_cache()
 

@@ -54,7 +54,7 @@ def _stream_text(client, kw, on_chunk=None):
 
 
 def _batch_stats(srv):
-    return srv.server.llms["tiny"].llm._batch.stats
+    return srv.server.llms["tiny"].llm.batch_stats
 
 
 def test_concurrent_streams_equal_sequential_ones(srv, client):
@@ -81,6 +81,8 @@ def test_concurrent_streams_equal_sequential_ones(srv, client):
     after = _batch_stats(srv)
     steps, rows = after["decode_steps"] - before["decode_steps"], after["decode_rows"] - before["decode_rows"]
     assert rows > steps  # the requests shared forward steps
+    text = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert f'edgeai_batch_decode_rows_total{{model="tiny"}} {after["decode_rows"]}' in text
 
 
 def test_a_client_that_goes_away_frees_its_row_and_the_others_are_unaffected(srv, client):

@@ -194,6 +194,13 @@ class EdgeServer:
                              "in_flight": self.in_flight}, status_code=200 if ok else 503)
 
     async def prometheus(self, request):
+        for name, served in self.llms.items():
+            stats = getattr(served.llm, "batch_stats", None)
+            if stats:
+                self.metrics.set("edgeai_batch_decode_steps_total", stats["decode_steps"], model=name)
+                self.metrics.set("edgeai_batch_decode_rows_total", stats["decode_rows"], model=name)
+                self.metrics.set("edgeai_batch_prefill_chunks_total", stats["prefill_chunks"], model=name)
+                self.metrics.set("edgeai_batch_rows_running", stats["running"], model=name)
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def chat(self, request):

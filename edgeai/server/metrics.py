@@ -90,4 +90,8 @@ def server_metrics() -> Metrics:
                                                                 "the first / decode time).", SPEED_BUCKETS)
     m.describe("edgeai_queue_depth", "gauge", "Generations waiting for the engine.")
     m.describe("edgeai_requests_in_flight", "gauge", "Requests being answered.")
+    m.describe("edgeai_batch_decode_steps_total", "counter", "Decode steps of the batch engine, by model.")
+    m.describe("edgeai_batch_decode_rows_total", "counter", "Rows those steps decoded (rows / steps: mean batch).")
+    m.describe("edgeai_batch_prefill_chunks_total", "counter", "Prompt chunks the batch engine prefilled.")
+    m.describe("edgeai_batch_rows_running", "gauge", "Sequences holding a batch row now.")
     return m
