@@ -208,7 +208,8 @@ def main():
         servers["llama.cpp"] = lambda: Server(
             "llama.cpp", [args.peer_python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                           "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "2048",
-                          "--model_alias", "peer"], url=f"http://127.0.0.1:{port}/v1")
+                          "--model_alias", "peer", "--interrupt_requests", "False"],
+            url=f"http://127.0.0.1:{port}/v1")  # by default a new request interrupts the one streaming
     else:
         print(f"llama.cpp server: not run (needs llama_cpp in {args.peer_python} and the GGUF {gguf})",
               file=sys.stderr)

@@ -244,3 +244,37 @@ def test_stream_cancel_ends_one_batched_generation(tiny_fp32):
     assert out["b"].token_ids == ref.token_ids and out["b"].finish_reason == "length"
     with pytest.raises(ValueError, match="max_batch"):
         LLM(tiny_fp32, max_batch=0)
+
+
+def test_many_threads_with_random_cancels():
+    """8 threads submit, a ninth cancels random ones at random moments (queued, prefilling or decoding):
+    every sequence is a prefix of its solo run, complete unless cancelled; nothing hangs."""
+    n, vocab = 8, 5000
+    be = _core.BatchEngine(_core.FakeForward(vocab), 2, 1, 4, 512, vocab, 3, 8, True)
+    prompts = _prompts(n, seed=7, lo=1, hi=60, vocab=vocab)
+    rng = random.Random(3)
+    victims = rng.sample(range(n), 4)
+    done = threading.Event()
+    results = {}
+
+    def canceller():
+        for v in victims:
+            time.sleep(rng.uniform(0.0, 0.02))
+            be.cancel(500 + v)
+        done.set()
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    results = _run_concurrently(lambda i: be.generate(500 + i, prompts[i], SamplingParams(
+        temperature=0.8, seed=i).make_chain(), 80, EOS, None), n)
+    t.join(30)
+    for i in range(n):
+        ref = _alone(prompts[i], 80, i, vocab)
+        got = results[i]["sequences"][0]
+        assert got == ref["sequences"][0][:len(got)], i
+        if results[i]["finish_reason"] != "cancelled":
+            assert got == ref["sequences"][0] and results[i]["finish_reason"] == ref["finish_reason"]
+        else:
+            assert i in victims
+    assert any(results[v]["finish_reason"] == "cancelled" for v in victims)
+    assert be.stats["running"] == be.stats["queued"] == 0
