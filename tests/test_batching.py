@@ -258,6 +258,9 @@ def test_many_threads_with_random_cancels():
     results = {}
 
     def canceller():
+        t0 = time.time()  # once all have arrived (3 rows for 8 sequences: most still wait or run)
+        while be.stats["running"] + be.stats["queued"] < n and time.time() - t0 < 10:
+            time.sleep(0.0005)
         for v in victims:
             time.sleep(rng.uniform(0.0, 0.02))
             be.cancel(500 + v)
