@@ -86,7 +86,10 @@ def test_kill_9_during_8_streams_keeps_every_completed_request(folder, tmp_path)
     args = ("--model", f"tiny={folder}", "--api-key", KEY, "--log", str(log), "--log-text")
     c = Child(*args)
     results = {}
-    threads = [threading.Thread(target=_stream, args=(c.client, results, i, 40 + 60 * i)) for i in range(8)]
+    # 3 short requests and 5 long ones: the server decodes 4 at a time (--batch 4), so the long ones are
+    # still streaming (or waiting) when the third short one completes and the kill comes.
+    lengths = [40, 60, 80] + [900] * 5
+    threads = [threading.Thread(target=_stream, args=(c.client, results, i, lengths[i])) for i in range(8)]
     for t in threads:
         t.start()
     t0 = time.time()
