@@ -167,3 +167,12 @@ def test_ask_refuses_below_the_retrieval_floor_without_asking_the_model(tiny, ti
                 assert body["sources"] and body["usage"]["completion_tokens"] > 0
         finally:
             r.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "65"])
+def test_bad_batch_flag_is_a_clear_cli_error(value):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "edgeai.cli", "serve", "--batch", value, "--model", "unused"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "--batch must be in [1, 64]" in p.stderr and "Traceback" not in p.stderr
