@@ -11,7 +11,7 @@ import pytest
 from edgeai.convert.builder import build_onnx
 from edgeai.convert.tiny import make_tiny_source
 from edgeai.durable import fsync_tree
-from edgeai.ort_forward import release_mapped_weights, session_options
+from edgeai.ort_forward import paged_out_while_loading, release_mapped_weights, session_options
 
 
 def _external_ranges(model_path):
@@ -71,6 +71,40 @@ def test_release_leaves_no_resident_weight_pages_and_the_model_still_runs(tmp_pa
         pytest.skip("this ONNX Runtime build does not memory-map external data")
     assert _mapped_rss_kb(data) == 0
     np.testing.assert_array_equal(sess.run(["logits"], feeds)[0], before)  # rows fault back in from the file
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux smaps and madvise")
+def test_pages_read_while_loading_are_paged_out_and_written_pages_keep_their_data(tmp_path):
+    import ctypes
+    import mmap
+    import time
+
+    probe = mmap.mmap(-1, 4096)
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.c_char.from_buffer(probe)
+    supported = libc.madvise(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(4096), 21) == 0
+    del buf
+    probe.close()
+    if not supported:
+        pytest.skip("this kernel has no MADV_PAGEOUT (Linux 5.4+): loading then keeps the pages until it ends")
+    data = tmp_path / "model.onnx.data"
+    data.write_bytes(np.arange(4 << 20, dtype=np.uint8).tobytes())  # 4 MB of known bytes
+    fsync_tree(tmp_path)
+    with open(data, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE)
+    view = np.frombuffer(m, np.uint8)
+    view[5] = 99  # a private write (ONNX Runtime never writes its initializers; PAGEOUT must keep it anyway)
+    assert int(view[::4096].astype(np.int64).sum()) >= 0  # touch every page, as pre-packing reads them
+    assert _mapped_rss_kb(data) >= 4000
+    with paged_out_while_loading(str(data), every=0.01):
+        deadline = time.monotonic() + 5
+        while _mapped_rss_kb(data) > 64 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert _mapped_rss_kb(data) <= 64  # only pages touched since the last pass may stay
+    assert view[5] == 99  # the written page stayed (or came back) with our write
+    np.testing.assert_array_equal(view[6:1 << 20], np.arange(6, 1 << 20, dtype=np.int64).astype(np.uint8))
+    del view
+    m.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux smaps and madvise")
