@@ -51,7 +51,7 @@ py::dict result_dict(const GenerateResult& r) {
     d["decode_steps"] = r.decode_steps;
     d["draft_proposed"] = r.draft_proposed;
     d["draft_accepted"] = r.draft_accepted;
-    if (r.speculative.rounds > 0 || r.speculative.draft_prefill_s > 0) {
+    if (!r.speculative.steps_by_width.empty()) {  // a draft model ran this request
         const SpeculativeStats& s = r.speculative;
         py::dict sp;
         sp["rounds"] = s.rounds;

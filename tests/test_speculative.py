@@ -283,3 +283,28 @@ def test_llm_draft_must_share_the_tokenizer(pair, tmp_path):
         with LLM(target, draft=loaded) as spec:
             assert spec.draft is loaded
         assert loaded.generate("hi", max_new_tokens=2).token_ids
+
+
+def test_cli_generate_with_draft_and_mismatch(pair, tmp_path, capsys):
+    from edgeai.cli import main
+
+    target, close, _ = pair
+    assert main(["generate", "hello", "--raw", "--model", str(target), "--draft", str(close), "-v",
+                 "--max-new-tokens", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "[draft:" in err and "target steps" in err
+    _, small_vocab = build_tiny_llm_folder(tmp_path / "v", seed=3, vocab=300)
+    assert main(["generate", "hello", "--model", str(target), "--draft", str(small_vocab)]) == 1
+    assert "does not share the tokenizer" in capsys.readouterr().err
+
+
+def test_served_models_share_one_draft(pair):
+    from edgeai.server.registry import load_llms
+
+    target, close, _ = pair
+    served = load_llms([f"a={target}", f"b={target}"], threads=1, draft=str(close))
+    a, b = served["a"].llm, served["b"].llm
+    assert a.draft is b.draft and a.draft is not None
+    with LLM(target, prompt_lookup=0) as plain:
+        want = plain.generate("hello world", max_new_tokens=20).token_ids
+    assert a.generate("hello world", max_new_tokens=20).token_ids == want

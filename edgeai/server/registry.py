@@ -59,15 +59,18 @@ class ServedEmbedder:
     digest: str
 
 
-def load_llms(specs, threads=None, context_length=None) -> dict:
+def load_llms(specs, threads=None, context_length=None, draft=None) -> dict:
+    """draft: a model every served model decodes speculatively with (loaded once, shared)."""
     from ..llm import LLM
 
     out = {}
+    if draft is not None:
+        draft = LLM(draft, threads=threads, context_length=context_length, prompt_lookup=0)
     for spec in specs:
         ident, target = split_spec(spec)
         if ident in out:
             raise ValueError(f"two --model entries are both named {ident!r}: name one ID=FOLDER")
-        llm = LLM(target, threads=threads, context_length=context_length)
+        llm = LLM(target, threads=threads, context_length=context_length, draft=draft)
         out[ident] = ServedLLM(ident, llm, folder_digest(llm.model_dir), threads)
     return out
 
