@@ -47,10 +47,12 @@ struct GenerateParams {
     // token is still sampled from the model's logits (see draft.h for the one numerical caveat).
     int draft_tokens = 0;
     // Speculative decoding (speculative.h): a draft engine sharing the tokenizer proposes up to draft_tokens
-    // per step; draft_cost is its step's cost relative to ours (the policy's input), seed the stream of the
-    // rejection sampler (sampling only).
+    // per step. The policy's inputs: draft_cost, its step's cost relative to ours, and verify_cost, what each
+    // extra token adds to our step. draft_window: prompt tokens the draft sees (0: all). seed: the rejection
+    // sampler's stream (sampling only).
     Engine* draft = nullptr;
-    double draft_cost = 0.4;
+    double draft_cost = 0.4, verify_cost = 0.1;
+    int draft_window = 0;
     uint64_t seed = 0;
 };
 

