@@ -15,8 +15,9 @@ q4 graphs round a multi-token step differently, so a near-tie can fall the other
 --peer llamacpp runs llama-cpp-python (its Python, --peer-python) on the GGUF files: the target alone, with
 its prompt-lookup draft (LlamaPromptLookupDecoding) and with the 0.5B model as draft. llama-cpp-python has no
 draft-model class of its own; its `draft_model` hook takes any LlamaDraftModel, so the draft here is a second
-Llama that keeps its own KV cache (prefix reuse, rollback with kv_cache_seq_rm) and proposes --gamma greedy
-tokens. llama.cpp's native speculative example is a C++ program, not part of the Python package.
+Llama that keeps its own KV cache (prefix reuse, rollback by n_tokens) and proposes greedy tokens with llama.cpp's
+own draft defaults (up to 16, stopping below probability 0.75). llama.cpp's native speculative decoding
+(llama-speculative, llama-server --model-draft) is C++ and not exposed by the Python package.
 
     python bench/speculative_bench.py                      # 1.5B q4 target, 0.5B q4 draft, 12 prompts
     python bench/speculative_bench.py --prompts 4 --max-new-tokens 32 --target /work/models/q15-fp32-all \\
@@ -185,10 +186,12 @@ def peer_worker(spec: dict) -> dict:
     from llama_cpp.llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
 
     class ModelDraft(LlamaDraftModel):
-        """A second Llama proposing n greedy tokens from its own KV cache (prefix kept, the rest rolled back)."""
+        """A second Llama proposing up to n greedy tokens from its own KV cache (prefix kept, the rest rolled
+        back), stopping at the first whose probability is below p_min: llama.cpp's own speculative defaults
+        (common/speculative.cpp: n_max 16, p_min 0.75)."""
 
-        def __init__(self, llama, n):
-            self.llama, self.n, self.steps, self.seconds = llama, n, 0, 0.0
+        def __init__(self, llama, n=16, p_min=0.75):
+            self.llama, self.n, self.p_min, self.steps, self.seconds = llama, n, p_min, 0, 0.0
 
         def __call__(self, input_ids, **kw):
             t0 = time.perf_counter()
@@ -202,8 +205,11 @@ def peer_worker(spec: dict) -> dict:
             d.eval(ids[common:])
             out = []
             for i in range(self.n):
-                logits = np.ctypeslib.as_array(d._ctx.get_logits(), shape=(d.n_vocab(),))
-                out.append(int(np.argmax(logits)))
+                logits = np.ctypeslib.as_array(d._ctx.get_logits(), shape=(d.n_vocab(),)).astype(np.float64)
+                best = int(np.argmax(logits))
+                if 1.0 / np.exp(logits - logits[best]).sum() < self.p_min:
+                    break
+                out.append(best)
                 if i + 1 < self.n:
                     d.eval(out[-1:])
                 self.steps += 1
@@ -216,14 +222,17 @@ def peer_worker(spec: dict) -> dict:
     drafts = {"lookup": LlamaPromptLookupDecoding(num_pred_tokens=spec["gamma"])}
     llamas = {"alone": plain}
     if spec["draft"]:
-        drafts["draft"] = ModelDraft(Llama(spec["draft"], **kw), spec["gamma"])
-    for cfg, dm in drafts.items():
-        llamas[cfg] = Llama(spec["target"], draft_model=dm, **kw)
+        drafts["draft"] = ModelDraft(Llama(spec["draft"], **kw))
+    checker = Llama(spec["target"], draft_model=drafts["lookup"], **kw)  # one target for both draft kinds
+    for cfg in drafts:
+        llamas[cfg] = checker
     for i, messages in enumerate(spec["prompts"]):
         for rep in range(spec["reps"]):
             order = list(llamas) if (i + rep) % 2 == 0 else list(reversed(list(llamas)))
             for cfg in order:
                 llm = llamas[cfg]
+                if cfg in drafts:
+                    llm.draft_model = drafts[cfg]
                 llm.reset()
                 times, toks = [], []
                 t0 = time.perf_counter()
@@ -235,7 +244,8 @@ def peer_worker(spec: dict) -> dict:
                         toks.append(delta)
                 n = len(toks)
                 tps = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else None
-                results.append(dict(prompt=i, rep=rep, config=cfg, tps=tps, pieces=n, ttft_s=times[0] - t0 if times else None))
+                results.append(dict(prompt=i, rep=rep, config=cfg, tps=tps, pieces=n,
+                                    ttft_s=times[0] - t0 if times else None, text="".join(toks)))
                 print(f"llama.cpp prompt {i:2d} rep {rep} {cfg:6s} {n:3d} pieces, {tps or 0:6.2f} tok/s",
                       file=sys.stderr, flush=True)
     return {"rows": results}

@@ -102,8 +102,10 @@ class LLM:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         from .ort_forward import OrtForward, return_free_heap
 
-        # With a draft model two sessions take turns on the same cores: neither may spin-wait after its run.
-        spin = draft is None and not _no_spin
+        # A draft model's session takes turns with its target's on the same cores: it must not spin-wait after
+        # its run while the target computes. The target keeps ONNX Runtime's default (spinning bounds the wake-up
+        # latency of its per-operator thread hand-offs).
+        spin = not _no_spin
         self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads, spin)
         # prefill_chunk: prompt tokens per forward. ONNX Runtime's arena keeps the largest chunk's activations
         # for the process's life; SmolLM2 on 2 cores prefills 128 tokens per step as fast as 256 or 512, with
