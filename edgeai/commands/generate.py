@@ -17,6 +17,8 @@ def _llm_args(p):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--draft", default=None, metavar="NAME_OR_FOLDER",
+                   help="draft model for speculative decoding (a smaller model with the same tokenizer)")
 
 
 def _params(a) -> dict:
@@ -29,7 +31,7 @@ def _generate(a) -> int:
 
     if not a.prompt:  # the API's check, before minutes of model loading
         raise ValueError("prompt is empty")
-    with LLM(a.model, threads=a.threads) as llm:
+    with LLM(a.model, threads=a.threads, draft=a.draft) as llm:
         params = _params(a)
         if a.raw:
             pieces = llm.stream(a.prompt, **params)
@@ -44,13 +46,19 @@ def _generate(a) -> int:
             t = g.timings
             print(f"[{g.prompt_tokens} prompt tokens, {len(g.token_ids)} generated, finish={g.finish_reason}, "
                   f"TTFT {t['ttft_s'] * 1000:.0f} ms, {t['decode_tokens_per_s']:.1f} tok/s]", file=sys.stderr)
+            s = t.get("speculative")
+            if s:
+                print(f"[draft: {s['model_accepted']}/{s['model_proposed']} accepted "
+                      f"({s['model_acceptance']:.0%}), prompt lookup {s['lookup_accepted']}/{s['lookup_proposed']}, "
+                      f"{s['target_steps']} target steps; draft {s['draft_s'] + s['draft_prefill_s']:.2f} s, "
+                      f"target {s['target_s']:.2f} s]", file=sys.stderr)
     return 0
 
 
 def _chat(a) -> int:
     from ..llm import LLM
 
-    with LLM(a.model, threads=a.threads) as llm:
+    with LLM(a.model, threads=a.threads, draft=a.draft) as llm:
         messages = [{"role": "system", "content": a.system}] if a.system else []
         print("edgeai chat: empty line or Ctrl-D to quit; Ctrl-C stops an answer.", file=sys.stderr)
         while True:

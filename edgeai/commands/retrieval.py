@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
                    help="index this file or folder first (repeatable: --docs a.md --docs notes/)")
     a.add_argument("--model", default=None, help="embedding model name or folder (default: minilm-l6)")
     a.add_argument("--llm", default=None, help=f"language model name or folder (default: {DEFAULT_LLM})")
+    a.add_argument("--draft", default=None, metavar="NAME_OR_FOLDER",
+                   help="draft model for speculative decoding (a smaller model with the LLM's tokenizer)")
     a.add_argument("--mode", choices=("hybrid", "dense", "lexical"), default="hybrid",
                    help="retrieval: embeddings and keywords fused (default), or one of them")
     a.add_argument("--min-score", type=float, default=None,
@@ -74,13 +76,13 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _load_llm(name):
+def _load_llm(name, draft=None):
     try:
         from edgeai import LLM
     except (ImportError, AttributeError) as exc:
         return None, f"the language model runtime is not available ({exc})"
     try:
-        return LLM(name), None
+        return LLM(name, draft=draft), None
     except Exception as exc:  # noqa: BLE001 - still show the sources, say why there is no answer
         return None, f"could not load language model {name!r}: {exc}"
 
@@ -96,7 +98,7 @@ def cmd_ask(args) -> int:
     rag, folder = _open(args)
     ensure_documents(rag, folder, args.docs)
 
-    llm, why = (None, "--sources-only") if args.sources_only else _load_llm(args.llm or DEFAULT_LLM)
+    llm, why = (None, "--sources-only") if args.sources_only else _load_llm(args.llm or DEFAULT_LLM, args.draft)
     if llm is None:
         retrieved = rag.retrieve(args.question, k=args.k)
         print(f"No answer generated: {why}. Retrieved sources:")

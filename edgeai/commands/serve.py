@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, queue wait included")
     p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body accepted (413 beyond)")
     p.add_argument("--threads", type=int, default=None, help="compute threads per model")
+    p.add_argument("--draft", default=None, metavar="NAME_OR_FOLDER",
+                   help="draft model for speculative decoding of every --model (same tokenizer required)")
     p.add_argument("--context", type=int, default=None, help="context length (default: the model's, at most 4096)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="on SIGTERM, seconds in-flight requests get to finish before they are cancelled")
@@ -90,7 +92,7 @@ def cmd_serve(args) -> int:
     if args.no_log and args.log_text:
         raise ValueError("--log-text needs a request log: drop --no-log")
     llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context,
-                     max_batch=args.batch, batch_invariant=args.batch_invariant)
+                     max_batch=args.batch, batch_invariant=args.batch_invariant, draft=args.draft)
     embedders, rag, rag_model = {}, None, None
     if args.embedder or args.index:
         from ..retrieval.embedder import DEFAULT_MODEL

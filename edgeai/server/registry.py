@@ -59,16 +59,20 @@ class ServedEmbedder:
     digest: str
 
 
-def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invariant=False) -> dict:
+def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invariant=False, draft=None) -> dict:
+    """draft: a model every served model decodes speculatively with (loaded once, shared; requests then take
+    the one-at-a-time engine, which is where speculation runs)."""
     from ..llm import LLM
 
     out = {}
+    if draft is not None:
+        draft = LLM(draft, threads=threads, context_length=context_length, prompt_lookup=0, _no_spin=True)
     for spec in specs:
         ident, target = split_spec(spec)
         if ident in out:
             raise ValueError(f"two --model entries are both named {ident!r}: name one ID=FOLDER")
         llm = LLM(target, threads=threads, context_length=context_length, max_batch=max_batch,
-                  batch_invariant=batch_invariant)
+                  batch_invariant=batch_invariant, draft=draft)
         out[ident] = ServedLLM(ident, llm, folder_digest(llm.model_dir), threads)
     return out
 
