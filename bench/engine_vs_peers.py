@@ -100,6 +100,7 @@ def main():
                     help="other processes' cores above which a run counts as disturbed (and is re-run)")
     ap.add_argument("--max-reruns", type=int, default=None, help="re-runs of disturbed runs per configuration "
                     "(default: --reps; 0 on a shared box, where every run is disturbed)")
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for a quiet machine before a run")
     ap.add_argument("--json")
     args = ap.parse_args()
     args.peer = list(dict.fromkeys(args.peer or ["genai"]))
@@ -109,7 +110,7 @@ def main():
     variants = {"default": args.model, "prompt_lookup=0": {"model": args.model, "prompt_lookup": 0}}
     res = run_bench(models=list(variants.values()), peers=peers, reps=args.reps, lengths=(512,),
                     contexts=(args.context,), windows=args.windows, max_busy=args.max_busy,
-                    max_reruns=args.max_reruns)
+                    max_reruns=args.max_reruns, quiet_wait_s=args.quiet_wait)
     out = {"bench": res, "peers": args.peer, "targets": {k: TARGETS[k] for k in args.peer}}
     got = {}  # kind -> the peer's medians
     for kind in args.peer:
