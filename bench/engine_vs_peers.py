@@ -66,22 +66,24 @@ def peer_spec(args) -> dict:
     if "llamacpp" in args.peer:  # the same file our folder was converted from
         spec["llamacpp"]["model"] = source_gguf(args.model)
     spec = apply_peer_overrides(spec, args.peer_model, args.peer_python)
-    check_same_vocab(args.model, spec)
+    check_same_model(args.model, spec)
     return spec
 
 
-def check_same_vocab(model, spec):
-    """A genai build of another model (peer_models.json's SmolLM2 build against a Qwen folder) would be fed
-    token ids outside its vocabulary: refuse that by name instead of measuring it."""
+def check_same_model(model, spec):
+    """A genai build of another model (peer_models.json's SmolLM2 build, or the other Qwen size) would measure
+    something else, or be fed token ids outside its vocabulary: refuse that by name."""
     from pathlib import Path
 
-    ours = manifest(model)["config"]["vocab_size"]
+    c = manifest(model)["config"]
+    ours = (c["vocab_size"], c["hidden_size"], c["num_layers"])
     gcfg = Path((spec.get("genai") or {}).get("model") or "/nonexistent") / "genai_config.json"
     if gcfg.is_file():
-        theirs = json.loads(gcfg.read_text())["model"].get("vocab_size")
+        g = json.loads(gcfg.read_text())["model"]
+        theirs = (g.get("vocab_size"), g["decoder"].get("hidden_size"), g["decoder"].get("num_hidden_layers"))
         if theirs != ours:
-            raise SystemExit(f"the genai model {gcfg.parent} has a {theirs}-token vocabulary, {model} a {ours}-token "
-                             f"one: not the same weights (give its own build with --peer-model genai=DIR)")
+            raise SystemExit(f"the genai model {gcfg.parent} (vocabulary, hidden size, layers: {theirs}) is not "
+                             f"the model of {model} ({ours}); give its own build with --peer-model genai=DIR")
 
 
 def main():
