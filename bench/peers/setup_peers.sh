@@ -16,7 +16,7 @@
 #   models_json  $PEERS/peer_models[-MODEL].json, the file to hand to `edgeai bench --peers --peer-config`
 #
 # MODEL (default smollm2) names the outputs; the default keeps the SmolLM2 names above without a suffix.
-# The hf and genai steps of a 1.5B model hold its fp32 weights (6 GB) in memory: about 13 GB peak for genai.
+# The hf and genai steps of a 1.5B model hold its fp32 weights (6 GB) in memory: 15 GB peak for genai (measured).
 #
 # torch: ONLY `torch==2.13.0` (the local CPU wheel); any other torch spec downloads GBs of CUDA wheels.
 # Every step logs to $PEERS/setup_logs/STEP.log with wall time and peak RSS (/usr/bin/time -v when present).
