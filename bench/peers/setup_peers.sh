@@ -2,15 +2,21 @@
 # Set up the peer runtimes that `edgeai bench --peers` compares against, on a fresh machine.
 #
 #   PEERS=/work/peers GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf bash bench/peers/setup_peers.sh [STEP ...]
+#   PEERS=/work/peers MODEL=qwen05 GGUF=/path/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
+#       bash bench/peers/setup_peers.sh hf genai models_json      # another model: outputs named after MODEL
 #
 # Steps (default: venv builder hf genai optimum models_json; add `llamacpp` for the ~10 min source build):
 #   venv       $PEERS/venv: onnxruntime, onnxruntime-genai 0.18, optimum + optimum-onnx (transformers < 4.58)
 #   builder    $PEERS/venv-genai-builder: the genai model builder (needs transformers >= 5, onnx_ir)
-#   hf         $PEERS/smollm2-hf: fp32 HF folder dequantized from the GGUF by edgeai's reader (EDGEAI_PYTHON)
-#   genai      $PEERS/genai-int4: onnxruntime-genai int4 build (CPU, 2 intra-op threads)
-#   optimum    $PEERS/optimum-fp32: optimum export with past KV (text-generation-with-past)
+#   hf         $PEERS/MODEL-hf: fp32 HF folder dequantized from the GGUF by edgeai's reader (EDGEAI_PYTHON);
+#              Llama and Qwen2 GGUFs
+#   genai      $PEERS/genai-int4[-MODEL]: onnxruntime-genai int4 build (CPU, 2 intra-op threads)
+#   optimum    $PEERS/optimum-fp32[-MODEL]: optimum export with past KV (text-generation-with-past)
 #   llamacpp   llama-cpp-python 0.3.36 built from source into $PEERS/venv WITHOUT -march=native / AMX
-#   models_json  $PEERS/peer_models.json, the file to hand to `edgeai bench --peers --peer-config`
+#   models_json  $PEERS/peer_models[-MODEL].json, the file to hand to `edgeai bench --peers --peer-config`
+#
+# MODEL (default smollm2) names the outputs; the default keeps the SmolLM2 names above without a suffix.
+# The hf and genai steps of a 1.5B model hold its fp32 weights (6 GB) in memory: 15 GB peak for genai (measured).
 #
 # torch: ONLY `torch==2.13.0` (the local CPU wheel); any other torch spec downloads GBs of CUDA wheels.
 # Every step logs to $PEERS/setup_logs/STEP.log with wall time and peak RSS (/usr/bin/time -v when present).
@@ -18,6 +24,9 @@ set -euo pipefail
 PEERS=${PEERS:-/work/peers}
 GGUF=${GGUF:-${EDGEAI_HOME:-$HOME/.cache/edgeai}/sources/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}
 EDGEAI_PYTHON=${EDGEAI_PYTHON:-python3}
+MODEL=${MODEL:-smollm2}
+SFX=$([ "$MODEL" = smollm2 ] || echo "-$MODEL")  # output suffix: none for the default SmolLM2 peers
+HF_DIR=$PEERS/$MODEL-hf GENAI_DIR=$PEERS/genai-int4$SFX OPTIMUM_DIR=$PEERS/optimum-fp32$SFX
 PY=${PY:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$PEERS/setup_logs"
@@ -49,13 +58,13 @@ step_builder() {
 }
 step_hf() {
   [ -f "$GGUF" ] || { echo "GGUF not found: $GGUF (set GGUF=...)"; return 1; }
-  T hf "$EDGEAI_PYTHON" "$HERE/gguf_to_hf.py" "$GGUF" "$PEERS/smollm2-hf"
+  T "hf$SFX" nice "$EDGEAI_PYTHON" "$HERE/gguf_to_hf.py" "$GGUF" "$HF_DIR"
 }
 step_genai() {
-  T genai_int4 nice "$PEERS/venv-genai-builder/bin/python" -m onnxruntime_genai.models.builder \
-      -i "$PEERS/smollm2-hf" -o "$PEERS/genai-int4" -p int4 -e cpu -c "$PEERS/cache_dir"
+  T "genai_int4$SFX" nice "$PEERS/venv-genai-builder/bin/python" -m onnxruntime_genai.models.builder \
+      -i "$HF_DIR" -o "$GENAI_DIR" -p int4 -e cpu -c "$PEERS/cache_dir$SFX"
   # 2 intra-op threads like every other config (ORT's default is the number of physical cores)
-  "$PEERS/venv/bin/python" - "$PEERS/genai-int4/genai_config.json" <<'PY'
+  "$PEERS/venv/bin/python" - "$GENAI_DIR/genai_config.json" <<'PY'
 import json, sys
 p = sys.argv[1]; c = json.load(open(p))
 c["model"]["decoder"].setdefault("session_options", {}).update({"intra_op_num_threads": 2, "inter_op_num_threads": 1})
@@ -63,8 +72,8 @@ json.dump(c, open(p, "w"), indent=4)
 PY
 }
 step_optimum() {
-  T optimum_fp32 nice "$PEERS/venv/bin/optimum-cli" export onnx -m "$PEERS/smollm2-hf" \
-      --task text-generation-with-past "$PEERS/optimum-fp32"
+  T "optimum_fp32$SFX" nice "$PEERS/venv/bin/optimum-cli" export onnx -m "$HF_DIR" \
+      --task text-generation-with-past "$OPTIMUM_DIR"
 }
 step_llamacpp() {
   # The default build uses -march=native, which emits AMX tile instructions: CPUID reports AMX here but the
@@ -95,14 +104,14 @@ print("llama.cpp smoke test ok")
 PY
 }
 step_models_json() {
-  cat > "$PEERS/peer_models.json" <<JSON
+  cat > "$PEERS/peer_models$SFX.json" <<JSON
 {
   "llamacpp": {"python": "$PEERS/venv/bin/python", "model": "$GGUF"},
-  "genai": {"python": "$PEERS/venv/bin/python", "model": "$PEERS/genai-int4"},
-  "optimum": {"python": "$PEERS/venv/bin/python", "model": "$PEERS/optimum-fp32"}
+  "genai": {"python": "$PEERS/venv/bin/python", "model": "$GENAI_DIR"},
+  "optimum": {"python": "$PEERS/venv/bin/python", "model": "$OPTIMUM_DIR"}
 }
 JSON
-  log "wrote $PEERS/peer_models.json"
+  log "wrote $PEERS/peer_models$SFX.json"
 }
 if [ $# -eq 0 ]; then set -- venv builder hf genai optimum models_json; fi
 for s in "$@"; do step_$s; done

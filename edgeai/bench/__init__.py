@@ -331,3 +331,16 @@ def default_peer_config() -> dict:
     return {"llamacpp": {}, "genai": {}, "optimum": {}}
 
 
+def apply_peer_overrides(spec: dict, models=(), pythons=()) -> dict:
+    """spec with `KIND=PATH` models and `[KIND=]PYTHON` interpreters applied (a bare PYTHON: every peer's)."""
+    for item in models or []:
+        kind, _, path = item.partition("=")
+        spec.setdefault(kind, {})["model"] = path
+    for item in pythons or []:
+        kind, _, py = item.partition("=")
+        if not py:  # one python for every peer
+            for v in spec.values():
+                v["python"] = kind
+        else:
+            spec.setdefault(kind, {})["python"] = py
+    return spec

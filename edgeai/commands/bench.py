@@ -11,6 +11,8 @@ def _ints(s):
 
 
 def _peer_spec(args) -> dict:
+    from ..bench import apply_peer_overrides
+
     spec = {}
     if args.peer_config:
         p = Path(args.peer_config)
@@ -19,16 +21,7 @@ def _peer_spec(args) -> dict:
         from ..bench import default_peer_config
 
         spec = default_peer_config()
-    for item in args.peer_model or []:
-        kind, _, path = item.partition("=")
-        spec.setdefault(kind, {})["model"] = path
-    for item in args.peer_python or []:
-        kind, _, py = item.partition("=")
-        if not py:  # one python for every peer
-            for v in spec.values():
-                v["python"] = kind
-        else:
-            spec.setdefault(kind, {})["python"] = py
+    spec = apply_peer_overrides(spec, args.peer_model, args.peer_python)
     if args.only_peers:
         spec = {k: v for k, v in spec.items() if k in args.only_peers.split(",")}
     return spec

@@ -204,12 +204,17 @@ def _stats(x) -> dict:
 
 def compare_to_reference(ref: Reference, candidate, threads=None, chunk=CHUNK) -> dict:
     """KL(ref || candidate) per position over the reference's top-k + rest bins, top-1 agreement, ppl."""
-    folder = Path(candidate)
+    return compare_logits(ref, chunked_logits(Path(candidate), ref.ids, threads, chunk))
+
+
+def compare_logits(ref: Reference, chunks) -> dict:
+    """compare_to_reference on the candidate's logits given as (start, float logits [c, vocab]) chunks over
+    ref.ids, in order (chunked_logits' form; another runtime's graph can yield them too)."""
     n = ref.positions
     kl, agree, tgt = [], [], []
     t0 = time.perf_counter()
     vocab = None
-    for start, lg in chunked_logits(folder, ref.ids, threads, chunk):
+    for start, lg in chunks:
         lg = lg[: max(0, min(len(lg), n - start))]
         if not len(lg):
             continue
