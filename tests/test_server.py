@@ -398,7 +398,22 @@ def test_full_queue_is_429_and_the_rest_complete(tiny, tmp_path, eos):
 
 def test_deadline_ends_a_generation_with_timeout(tiny, tmp_path, varied):
     r = start(tiny[1], tmp_path, timeout_s=0.15)
-    try:  # ~930 varied tokens take the tiny model well over 0.15 s
+    tok = r.server.llms["tiny"].llm.tokenizer
+    plain = tok.decode_stream
+
+    class Slow:  # each token 10 ms late in the engine's own callback: ~930 tokens take 9 s on any box
+        def __init__(self, inner):
+            self.inner = inner
+
+        def step(self, token):
+            time.sleep(0.01)
+            return self.inner.step(token)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    tok.decode_stream = lambda *a, **k: Slow(plain(*a, **k))
+    try:
         out = r.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=100000, temperature=1.0,
                                                  seed=4, **varied)
         assert out.choices[0].finish_reason == "timeout" and out.usage.completion_tokens < 1024
