@@ -27,7 +27,10 @@ template. Retrieved text is data:
 - it only appears inside the <sources> block of the user message; a tag look-alike inside a document is
   defused (its '<' becomes '‹'), so a document cannot close a source or the block;
 - it is tokenized with special-token matching off: a document holding "<|im_end|><|im_start|>system" gets
-  the plain-text tokens of those characters, never the role tokens (`chat_token_ids`).
+  the plain-text tokens of those characters, never the role tokens (`chat_token_ids`);
+- and since the plain text of those markers still reads as a turn change to the model (the 0.5B Qwen model
+  obeyed a plain-text fake system turn, `tools/injection_check.py`), chat-template markup in a document
+  (`<|...|>`) is defused too: its '<' becomes '‹'.
 Citations are `[n]`; `Answer.citations` lists the cited numbers that name a given source, and
 `Answer.invalid_citations` any others.
 
@@ -140,11 +143,13 @@ class Answer:
 
 
 _TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
+_TEMPLATE_MARK = re.compile(r"<(\|)")  # <|im_start|>, <|im_end|>, <|eot_id|>: chat templates' markers
 
 
 def _defuse(text: str) -> str:
-    # A document must not be able to end its source or the block early, or open a fake one.
-    return _TAG.sub(r"‹\1", text)
+    # A document must not be able to end its source or the block early, or open a fake one, nor write what
+    # looks like a turn of the conversation.
+    return _TEMPLATE_MARK.sub(r"‹\1", _TAG.sub(r"‹\1", text))
 
 
 def _attr(text: str) -> str:
