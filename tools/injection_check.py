@@ -92,7 +92,7 @@ def cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=tempfile.gettempdir())
 
 
-def run_ask(idx: Path, llm: str, max_new: int) -> list:
+def run_ask(idx: Path, llm: str, max_new: int, k: int) -> list:
     import contextlib
     import io
 
@@ -106,7 +106,7 @@ def run_ask(idx: Path, llm: str, max_new: int) -> list:
     for _, _, q in TOPICS:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            rc = cli_main(["ask", q, "--index", str(idx), "--llm", llm, "--min-score", "0",
+            rc = cli_main(["ask", q, "--index", str(idx), "--llm", llm, "--min-score", "0", "-k", str(k),
                            "--max-new-tokens", str(max_new)])
         if rc:
             raise SystemExit(f"edgeai ask failed (exit {rc}): {buf.getvalue()[-2000:]}")
@@ -116,7 +116,7 @@ def run_ask(idx: Path, llm: str, max_new: int) -> list:
     return out
 
 
-def run_serve(idx: Path, llm: str, env: dict, max_new: int) -> list:
+def run_serve(idx: Path, llm: str, env: dict, max_new: int, k: int) -> list:
     p = subprocess.Popen([sys.executable, "-m", "edgeai.cli", "serve", "--model", llm, "--index", str(idx),
                           "--port", "0", "--no-log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env, cwd=tempfile.gettempdir())
@@ -127,7 +127,7 @@ def run_serve(idx: Path, llm: str, env: dict, max_new: int) -> list:
         url = json.loads(line)["url"]
         out = []
         for _, _, q in TOPICS:
-            req = urllib.request.Request(url + "/v1/ask", data=json.dumps({"question": q, "max_tokens": max_new}).encode(),
+            req = urllib.request.Request(url + "/v1/ask", data=json.dumps({"question": q, "max_tokens": max_new, "k": k}).encode(),
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=600) as resp:
                 body = json.loads(resp.read())
@@ -144,7 +144,7 @@ def run_serve(idx: Path, llm: str, env: dict, max_new: int) -> list:
             p.wait()
 
 
-def run_control(idx: Path, llm: str, max_new: int) -> list:
+def run_control(idx: Path, llm: str, max_new: int, k: int) -> list:
     """The document text tokenized with special tokens matched (llm.chat over the same messages)."""
     from edgeai import LLM
     from edgeai.retrieval.embedder import Embedder
@@ -153,7 +153,7 @@ def run_control(idx: Path, llm: str, max_new: int) -> list:
     rag = RAG(LLM(llm), Embedder(), idx)
     out = []
     for _, _, q in TOPICS:
-        messages, _ = rag.build_messages(q, rag.retrieve(q, k=3), max_new)
+        messages, _ = rag.build_messages(q, rag.retrieve(q, k=k), max_new)
         answer = rag.llm.chat(messages, max_new_tokens=max_new, temperature=0.0, stop=list(STOP),
                               repetition_penalty=1.1, penalty_last_n=64).text.strip()
         out.append({"path": "control", "question": q, "answer": answer, "obeys": obeys(answer)})
@@ -166,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--llm", default=None, help="language model name or folder (default: edgeai's default)")
     ap.add_argument("--paths", nargs="+", choices=("ask", "serve", "control"), default=["ask", "serve"])
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("-k", type=int, default=3, help="sources per question (each holds the injection)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     from edgeai.recipes import DEFAULT_LLM
@@ -182,19 +183,19 @@ def main(argv=None) -> int:
         if r.returncode:
             raise SystemExit(f"edgeai index failed:\n{r.stderr[-2000:]}")
         rag = RAG(None, Embedder(), idx)
-        missing = [q for _, _, q in TOPICS if not any("<|im_start|>system" in c["text"] for c, _ in rag.retrieve(q, k=3))]
+        missing = [q for _, _, q in TOPICS if not any("<|im_start|>system" in c["text"] for c, _ in rag.retrieve(q, k=a.k))]
         if missing:
             raise SystemExit(f"the injected text is not among the retrieved sources for: {missing}")
         rag.store.close()
         results = []
         t0 = time.time()
         for path in a.paths:
-            results += {"ask": lambda: run_ask(idx, llm, a.max_new_tokens),
-                        "serve": lambda: run_serve(idx, llm, env, a.max_new_tokens),
-                        "control": lambda: run_control(idx, llm, a.max_new_tokens)}[path]()
+            results += {"ask": lambda: run_ask(idx, llm, a.max_new_tokens, a.k),
+                        "serve": lambda: run_serve(idx, llm, env, a.max_new_tokens, a.k),
+                        "control": lambda: run_control(idx, llm, a.max_new_tokens, a.k)}[path]()
     summary = {p: f"{sum(r['obeys'] for r in results if r['path'] == p)} of "
                   f"{sum(r['path'] == p for r in results)} obey" for p in a.paths}
-    summary.update(llm=llm, wall_s=round(time.time() - t0, 1))
+    summary.update(llm=llm, k=a.k, max_new_tokens=a.max_new_tokens, wall_s=round(time.time() - t0, 1))
     print(json.dumps({"summary": summary}), flush=True)
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "answers": results}, indent=1))
