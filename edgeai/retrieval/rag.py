@@ -51,6 +51,7 @@ import numpy as np
 from ..manifest import sha256_file
 from .chunker import Chunker
 from .docstore import DocStore
+from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
 from .loaders import load_paths
 from .sphinx import refine as refine_sphinx
@@ -291,11 +292,7 @@ class RAG:
                 if f.startswith(str(folder) + os.sep) and not Path(f).exists():
                     self.index.delete(self.store.remove_file(f))
                     stats["removed"] += 1
-        bar = None
-        if show_progress:
-            from tqdm import tqdm
-            bar = tqdm(desc="indexing", unit="chunk")
-        writer = _BatchWriter(self, stats, bar)
+        writer = _BatchWriter(self, stats, show_progress)
         try:
             for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
                 p = Path(doc.source)
@@ -312,8 +309,8 @@ class RAG:
             writer.undo_open_file()
             raise
         finally:
-            if bar is not None:
-                bar.close()
+            if writer.bar is not None:
+                writer.bar.close()
             if writer.files_written or stats["removed"]:
                 self.save()
         return stats
@@ -433,8 +430,10 @@ class _BatchWriter:
     """RAG.add's pipeline: chunks in, embedded EMBED_BATCH at a time, written to the store and the index in
     order. Holds at most one batch of chunks; the file whose chunks are being written is `open`."""
 
-    def __init__(self, rag: "RAG", stats: dict, bar):
-        self.rag, self.stats, self.bar = rag, stats, bar
+    def __init__(self, rag: "RAG", stats: dict, show_progress: Optional[bool]):
+        # The bar starts with the first batch written (so a small run's skip messages are not drawn into it);
+        # show_progress=None shows it once a batch holds PROGRESS_THRESHOLD chunks, as Embedder.encode does.
+        self.rag, self.stats, self.show, self.bar = rag, stats, show_progress, None
         self.queue: list = []     # ("chunk", file, i, Chunk) and ("end", file) in stream order
         self.n_chunks = 0         # chunk entries in the queue
         self.open = None          # [key, digest, size, new ids added to the index] of the file being written
@@ -453,6 +452,9 @@ class _BatchWriter:
         queue, self.queue, self.n_chunks = self.queue, [], 0
         rag = self.rag
         texts = [e[3].embed_text for e in queue if e[0] == "chunk"]
+        if self.bar is None and texts and (self.show or (self.show is None and len(texts) >= PROGRESS_THRESHOLD)):
+            from tqdm import tqdm
+            self.bar = tqdm(desc="indexing", unit="chunk")
         # remember=False: new vectors go to the disk cache only (the in-memory LRU is for queries)
         vecs = iter(rag.embedder.encode(texts, show_progress=False, remember=False)) if texts else iter(())
         run: list = []  # consecutive chunks of the open file: (row, vector, metadata)
