@@ -127,7 +127,7 @@ def run_serve(idx: Path, llm: str, env: dict, max_new: int, k: int) -> list:
         url = json.loads(line)["url"]
         out = []
         for _, _, q in TOPICS:
-            req = urllib.request.Request(url + "/v1/ask", data=json.dumps({"question": q, "max_tokens": max_new, "k": k}).encode(),
+            req = urllib.request.Request(url + "/ask", data=json.dumps({"question": q, "max_tokens": max_new, "k": k}).encode(),
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=600) as resp:
                 body = json.loads(resp.read())
