@@ -48,6 +48,8 @@ class DocStore:
             self._db.close()
             raise ValueError(f"{self.path} is not a usable edgeai document store ({exc})") from None
         self._lock = threading.RLock()
+        self._open_file: Optional[str] = None  # the file begin_file opened, until commit/rollback
+        self._open_count = 0
         self._sync_fts()
 
     def _sync_fts(self) -> None:
@@ -105,17 +107,68 @@ class DocStore:
 
     def replace_file(self, path: str, sha256: str, size: int, chunks: List[dict], vectors: np.ndarray) -> None:
         """Swap a file's chunks in one transaction (chunks: id, section (list), start, end, text)."""
-        rows = [(c["id"], path, json.dumps(list(c["section"])), c["start"], c["end"], c["text"],
-                 np.ascontiguousarray(v, np.float32).tobytes()) for c, v in zip(chunks, vectors)]
-        fts = [_fts_row(c["section"], c["text"]) for c in chunks]
-        with self._lock, self._db:
+        self.begin_file(path)
+        try:
+            self.add_chunks(path, chunks, vectors)
+            self.commit_file(path, sha256, size)
+        except BaseException:
+            self.rollback_file()
+            raise
+
+    # A file written in parts (`RAG.add` streams a big file's chunks as they are embedded): begin_file, any
+    # number of add_chunks, then commit_file, all in one transaction, or rollback_file. The store's lock is
+    # held from begin to commit/rollback, so no other thread's statement lands inside (or commits) it.
+    def begin_file(self, path: str) -> List[str]:
+        """Open the transaction that replaces `path`'s chunks; returns the ids of the chunks it replaces."""
+        self._lock.acquire()
+        try:
+            if self._open_file is not None:
+                raise RuntimeError(f"{self._open_file} is still being written")
+            self._db.execute("BEGIN")
+            ids = [r[0] for r in self._db.execute("SELECT id FROM chunks WHERE path=?", (path,))]
             self._delete_chunks(path)
-            for row, (title, body) in zip(rows, fts):
-                cur = self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            self._open_file, self._open_count = path, 0
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.rollback()
+            self._lock.release()
+            raise
+        return ids
+
+    def add_chunks(self, path: str, chunks: List[dict], vectors: np.ndarray) -> None:
+        if self._open_file != path:
+            raise RuntimeError(f"add_chunks({path!r}) outside begin_file/commit_file")
+        with self._lock:
+            for c, v in zip(chunks, vectors):
+                cur = self._db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                       (c["id"], path, json.dumps(list(c["section"])), c["start"], c["end"],
+                                        c["text"], np.ascontiguousarray(v, np.float32).tobytes()))
                 self._db.execute("INSERT INTO chunks_fts(rowid, title, body) VALUES (?, ?, ?)",
-                                 (cur.lastrowid, title, body))
-            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, sha256, size, len(rows)))
+                                 (cur.lastrowid, *_fts_row(c["section"], c["text"])))
+            self._open_count += len(chunks)
+
+    def commit_file(self, path: str, sha256: str, size: int) -> None:
+        if self._open_file != path:
+            raise RuntimeError(f"commit_file({path!r}) without begin_file")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, sha256, size, self._open_count))
             self._bump()
+            self._db.commit()
+        except BaseException:
+            self.rollback_file()
+            raise
+        self._open_file = None
+        self._lock.release()
+
+    def rollback_file(self) -> None:
+        """Drop the open file's transaction (no-op when none is open)."""
+        if self._open_file is None:
+            return
+        try:
+            self._db.rollback()
+        finally:
+            self._open_file = None
+            self._lock.release()
 
     def _delete_chunks(self, path: str) -> None:
         # Caller holds the lock and the transaction: FTS rows go with their chunks.
@@ -154,13 +207,25 @@ class DocStore:
             return self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
     def vectors(self, batch: int = 4096) -> Iterator[Tuple[List[str], List[dict], np.ndarray]]:
-        """(ids, metadata, vectors) in batches, to rebuild an index."""
+        """(ids, metadata, vectors) in batches of rows read as they are used, to rebuild an index."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute('SELECT rowid, id, path, section, vector FROM chunks WHERE rowid > ? '
+                                        'ORDER BY rowid LIMIT ?', (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield ([r[1] for r in rows], [{"path": r[2], "section": " > ".join(json.loads(r[3]))} for r in rows],
+                   np.stack([np.frombuffer(r[4], np.float32) for r in rows]))
+
+    def file_vectors(self, path: str) -> Tuple[List[str], List[dict], np.ndarray]:
+        """(ids, metadata, vectors) of one file's chunks, in order."""
         with self._lock:
-            rows = self._db.execute('SELECT id, path, section, vector FROM chunks ORDER BY rowid').fetchall()
-        for i in range(0, len(rows), batch):
-            part = rows[i:i + batch]
-            yield ([r[0] for r in part], [{"path": r[1], "section": " > ".join(json.loads(r[2]))} for r in part],
-                   np.stack([np.frombuffer(r[3], np.float32) for r in part]))
+            rows = self._db.execute('SELECT id, path, section, vector FROM chunks WHERE path=? ORDER BY rowid',
+                                    (path,)).fetchall()
+        return ([r[0] for r in rows], [{"path": r[1], "section": " > ".join(json.loads(r[2]))} for r in rows],
+                np.stack([np.frombuffer(r[3], np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32))
 
 
 def _fts_row(section, text: str) -> Tuple[str, str]:

@@ -8,6 +8,7 @@ re-indexing a changed file only embeds its changed chunks.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 DEFAULT_MODEL = "minilm-l6"
+_NO_LOCK = contextlib.nullcontext()
 PROGRESS_THRESHOLD = 256  # show a progress bar by default from this many texts to embed
 CACHE_FLUSH = 512  # embeddings are written to the disk cache at least every this many texts
 
@@ -130,7 +132,7 @@ class Embedder:
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
 
-    def _cache_get(self, keys: List[str]) -> dict:
+    def _cache_get(self, keys: List[str], remember: bool = True) -> dict:
         found = {}
         with self._lock:
             for k in keys:
@@ -142,16 +144,17 @@ class Embedder:
         if missing and self._disk is not None:
             disk = self._disk.get_many(missing)
             found.update(disk)
-            self._cache_put(disk.items(), disk_too=False)
+            if remember:
+                self._cache_put(disk.items(), disk_too=False)
         return found
 
-    def _cache_put(self, items, disk_too=True) -> None:
+    def _cache_put(self, items, disk_too=True, remember=True) -> None:
         items = list(items)
-        with self._lock:
-            for k, v in items:
+        with self._lock if remember else _NO_LOCK:
+            for k, v in (items if remember else ()):
                 self._lru[k] = v
                 self._lru.move_to_end(k)
-            while len(self._lru) > self._lru_size:
+            while remember and len(self._lru) > self._lru_size:
                 self._lru.popitem(last=False)
         if disk_too and self._disk is not None and items:
             self._disk.put_many(items)
@@ -175,8 +178,10 @@ class Embedder:
         return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def encode(self, texts, batch_size: int = 32, show_progress: Optional[bool] = None,
-               use_cache: bool = True) -> np.ndarray:
-        """float32 [n, dims], L2-normalised. A single str gives [1, dims]."""
+               use_cache: bool = True, remember: bool = True) -> np.ndarray:
+        """float32 [n, dims], L2-normalised. A single str gives [1, dims].
+        remember=False: look texts up in the caches and write new vectors to the disk cache, but keep none in
+        the in-memory LRU (bulk indexing: 20k chunks would fill it with ~30 MB nobody queries)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts) if not isinstance(texts, list) else texts
@@ -190,7 +195,7 @@ class Embedder:
 
         out = np.empty((len(texts), self.dims), np.float32)
         keys = [self._key(t) for t in texts]
-        cached = self._cache_get(list(set(keys))) if use_cache else {}
+        cached = self._cache_get(list(set(keys)), remember) if use_cache else {}
         todo = {}  # key -> first index needing it (duplicates are embedded once)
         for i, k in enumerate(keys):
             if k in cached:
@@ -221,12 +226,12 @@ class Embedder:
                         bar.update(len(sel))
                     if use_cache and len(new) >= CACHE_FLUSH:
                         # Written as we go: an interrupted index of 20k chunks keeps what it embedded.
-                        self._cache_put(new)
+                        self._cache_put(new, remember=remember)
                         new = []
             if bar is not None:
                 bar.close()
             if use_cache:
-                self._cache_put(new)
+                self._cache_put(new, remember=remember)
             for i, k in enumerate(keys):  # fill duplicates of freshly embedded texts
                 if k in todo and todo[k] != i:
                     out[i] = out[todo[k]]

@@ -24,6 +24,7 @@ Thread safety: any number of searches run together; add/delete/resize take the l
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -136,7 +137,7 @@ def clean_leftovers(path) -> int:
 _GRAPH_HEADER = struct.Struct("<6QiI3QdQ")  # hnswlib 0.8 HierarchicalNSW::saveIndex, field by field
 
 
-def _check_graph(blob: bytes, dim: int, M: int, labels_live, n_deleted: int) -> bytes:
+def _check_graph(blob, dim: int, M: int, labels_live, n_deleted: int) -> bytearray:
     """Check hnswlib graph bytes before hnswlib reads them: it trusts its file, and a wrong size, neighbour id
     or label would make it read out of bounds. ValueError saying what is wrong. Returns the bytes with the
     capacity set to the element count: hnswlib allocates the capacity a file states, and add() grows it anyway."""
@@ -203,7 +204,7 @@ def _check_graph(blob: bytes, dim: int, M: int, labels_live, n_deleted: int) -> 
         raise ValueError("graph entry point or level is out of range")
     out = bytearray(blob)
     struct.pack_into("<Q", out, 8, max(count, 16))
-    return bytes(out)
+    return out
 
 
 def fsync_replace(tmp: Path, target: Path) -> None:
@@ -441,33 +442,41 @@ class VectorIndex:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_leftovers(path)
-        with self._lock.read():
-            graph_file = _temp_file(path)
-            try:
-                self._index.save_index(str(graph_file))
-                graph = graph_file.read_bytes()
-            finally:
-                graph_file.unlink(missing_ok=True)
-            live = [lab for lab, i in enumerate(self._id) if i is not None]
-            table = {"labels": live, "ids": [self._id[lab] for lab in live],
-                     "metadata": [dict(self._meta[lab]) for lab in live], "next_label": self._next_label,
-                     "deleted": self._deleted}
-        payload = struct.pack("<Q", len(graph)) + graph + json.dumps(table, separators=(",", ":")).encode()
-        header = json.dumps({"params": self.params, "count": len(table["ids"]), "payload_len": len(payload),
-                             **({"stamp": stamp} if stamp else {})}).encode()
-        digest = hashlib.sha256(header + payload).digest()  # covers params too, not just the graph
-        tmp = _temp_file(path)
+        graph_file = _temp_file(path)
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
-                f.write(MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + digest + header)
-                f.write(payload)
+            with self._lock.read():
+                self._index.save_index(str(graph_file))
+                live = [lab for lab, i in enumerate(self._id) if i is not None]
+                table = {"labels": live, "ids": [self._id[lab] for lab in live],
+                         "metadata": [dict(self._meta[lab]) for lab in live], "next_label": self._next_label,
+                         "deleted": self._deleted}
+            table_json = json.dumps(table, separators=(",", ":")).encode()
+            del table
+            glen = graph_file.stat().st_size
+            header = json.dumps({"params": self.params, "count": len(live), "payload_len": 8 + glen + len(table_json),
+                                 **({"stamp": stamp} if stamp else {})}).encode()
+            # Streamed from the graph file in pieces, hashed as written, the digest filled in last: a save holds
+            # one piece of the graph, not three copies of it.
+            digest = hashlib.sha256(header)  # covers params too, not just the graph
+            tmp = _temp_file(path)
+            with open(tmp, "wb") as f, open(graph_file, "rb") as g:
+                f.write(MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + bytes(32) + header)
+                for piece in itertools.chain([struct.pack("<Q", glen)], iter(lambda: g.read(1 << 20), b""),
+                                             [table_json]):
+                    digest.update(piece)
+                    f.write(piece)
+                f.seek(len(MAGIC) + 12)
+                f.write(digest.digest())
                 f.flush()
                 os.fsync(f.fileno())
             fsync_replace(Path(tmp), path)
         except BaseException:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        finally:
+            graph_file.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path, threads: int = 1) -> "VectorIndex":
@@ -480,7 +489,7 @@ class VectorIndex:
         version, hlen = struct.unpack("<IQ", data[len(MAGIC):len(MAGIC) + 12])
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: index format version {version}, this edgeai reads {FORMAT_VERSION}")
-        body = data[fixed:]
+        body = memoryview(data)[fixed:]  # views, not copies: the graph is most of the file
         if hashlib.sha256(body).digest() != data[fixed - 32:fixed]:
             raise ValueError(f"{path}: index file is truncated or corrupted (checksum mismatch); rebuild it")
         try:
@@ -493,7 +502,7 @@ class VectorIndex:
 
     @classmethod
     def _from_body(cls, path: Path, body: bytes, hlen: int, threads: int) -> "VectorIndex":
-        header = json.loads(body[:hlen])
+        header = json.loads(bytes(body[:hlen]))
         payload = body[hlen:]
         if len(payload) != header["payload_len"] or len(payload) < 8:
             raise ValueError("payload length")
@@ -507,7 +516,7 @@ class VectorIndex:
         (glen,) = struct.unpack("<Q", payload[:8])
         if glen > len(payload) - 8:
             raise ValueError("graph length")
-        table = json.loads(payload[8 + glen:])
+        table = json.loads(bytes(payload[8 + glen:]))
         self = cls(p["dim"], p["space"], p["M"], p["ef_construction"], p["ef_search"], capacity=16,
                    threads=threads, seed=p.get("seed", 100))
         labels, ids, metas = table["labels"], table["ids"], table["metadata"]

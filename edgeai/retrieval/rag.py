@@ -27,7 +27,10 @@ template. Retrieved text is data:
 - it only appears inside the <sources> block of the user message; a tag look-alike inside a document is
   defused (its '<' becomes '‹'), so a document cannot close a source or the block;
 - it is tokenized with special-token matching off: a document holding "<|im_end|><|im_start|>system" gets
-  the plain-text tokens of those characters, never the role tokens (`chat_token_ids`).
+  the plain-text tokens of those characters, never the role tokens (`chat_token_ids`);
+- and since the plain text of those markers still reads as a turn change to the model (the 0.5B Qwen model
+  obeyed a plain-text fake system turn, `tools/injection_check.py`), chat-template markup in a document
+  (`<|...|>`) is defused too: its '<' becomes '‹'.
 Citations are `[n]`; `Answer.citations` lists the cited numbers that name a given source, and
 `Answer.invalid_citations` any others.
 
@@ -48,6 +51,7 @@ import numpy as np
 from ..manifest import sha256_file
 from .chunker import Chunker
 from .docstore import DocStore
+from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
 from .loaders import load_paths
 from .sphinx import refine as refine_sphinx
@@ -79,6 +83,9 @@ DUPLICATE_JACCARD = 0.8  # word-trigram overlap above which a chunk repeats a be
 # Below this cosine (question vs best chunk) nothing retrieved is about the question: answer with REFUSAL.
 # Measured with all-MiniLM-L6-v2 on the shipped eval set (docs/retrieval.md).
 MIN_SCORE = 0.38
+# Chunks embedded and written together by `add`: enough for full length-sorted batches of 32, small enough that
+# indexing holds little besides the index itself (~1 MB of text).
+EMBED_BATCH = 1024
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _REFUSAL_RE = re.compile(
@@ -137,11 +144,13 @@ class Answer:
 
 
 _TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
+_TEMPLATE_MARK = re.compile(r"<(\|)")  # <|im_start|>, <|im_end|>, <|eot_id|>: chat templates' markers
 
 
 def _defuse(text: str) -> str:
-    # A document must not be able to end its source or the block early, or open a fake one.
-    return _TAG.sub(r"‹\1", text)
+    # A document must not be able to end its source or the block early, or open a fake one, nor write what
+    # looks like a turn of the conversation.
+    return _TEMPLATE_MARK.sub(r"‹\1", _TAG.sub(r"‹\1", text))
 
 
 def _attr(text: str) -> str:
@@ -266,7 +275,14 @@ class RAG:
     # --- indexing ---------------------------------------------------------------------------------------------
     def add(self, paths, show_progress: Optional[bool] = None) -> dict:
         """Index files/folders incrementally. Returns counts: added, updated, unchanged, removed (files gone
-        from a re-added folder) and chunks (embedded now)."""
+        from a re-added folder) and chunks (embedded now).
+
+        Streamed, so memory stays a few times the text whatever its size: files are loaded and chunked one at
+        a time, and chunks are embedded and written EMBED_BATCH at a time (a batch may hold the end of one
+        file and the start of the next, so small files still make full, length-sorted batches). Each file's
+        chunks replace its old ones in one store transaction, however many batches it spans; the index follows
+        each batch, and is saved once at the end. If anything fails, the file being written is rolled back in
+        the store and in the index (files finished before it stay), and the index is saved before raising."""
         stats = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0}
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -276,35 +292,27 @@ class RAG:
                 if f.startswith(str(folder) + os.sep) and not Path(f).exists():
                     self.index.delete(self.store.remove_file(f))
                     stats["removed"] += 1
-        pending = []  # (path key, digest, size, chunks)
-        for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
-            p = Path(doc.source)
-            key = str(p.resolve())
-            digest = sha256_file(p)
-            old = self.store.file_digest(key)
-            if old == digest:
-                stats["unchanged"] += 1
-                continue
-            stats["updated" if old else "added"] += 1
-            chunks = self.chunker.split(doc)
-            pending.append((key, digest, p.stat().st_size, chunks))
-        all_chunks = [c for _, _, _, cs in pending for c in cs]
-        if all_chunks:  # one encode call over every new chunk: length-sorted batches across files
-            vecs = self.embedder.encode([c.embed_text for c in all_chunks], show_progress=show_progress)
-        pos = 0
-        for key, digest, size, chunks in pending:
-            v = vecs[pos:pos + len(chunks)] if chunks else np.zeros((0, self.embedder.dims), np.float32)
-            pos += len(chunks)
-            rows = [{"id": f"{key}#{i}", "section": c.section, "start": c.start, "end": c.end, "text": c.text}
-                    for i, c in enumerate(chunks)]
-            self.index.delete(self.store.chunk_ids(key))  # the changed file's old chunks
-            self.store.replace_file(key, digest, size, rows, v)
-            if rows:
-                self.index.add(v, [r["id"] for r in rows],
-                               [{"path": key, "section": " > ".join(c.section)} for c in chunks])
-            stats["chunks"] += len(rows)
-        if pending or stats["removed"]:
-            self.save()
+        writer = _BatchWriter(self, stats, show_progress)
+        try:
+            for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
+                p = Path(doc.source)
+                key = str(p.resolve())
+                digest = sha256_file(p)
+                old = self.store.file_digest(key)
+                if old == digest:
+                    stats["unchanged"] += 1
+                    continue
+                stats["updated" if old else "added"] += 1
+                writer.file(key, digest, p.stat().st_size, self.chunker.iter_split(doc))
+            writer.flush()
+        except BaseException:
+            writer.undo_open_file()
+            raise
+        finally:
+            if writer.bar is not None:
+                writer.bar.close()
+            if writer.files_written or stats["removed"]:
+                self.save()
         return stats
 
     def remove(self, path) -> int:
@@ -421,6 +429,84 @@ class RAG:
         if stream:
             return Answer("", sources, stream=iter(out))
         return Answer(getattr(out, "text", out if isinstance(out, str) else str(out)).strip(), sources)
+
+
+class _BatchWriter:
+    """RAG.add's pipeline: chunks in, embedded EMBED_BATCH at a time, written to the store and the index in
+    order. Holds at most one batch of chunks; the file whose chunks are being written is `open`."""
+
+    def __init__(self, rag: "RAG", stats: dict, show_progress: Optional[bool]):
+        # The bar starts with the first batch written (so a small run's skip messages are not drawn into it);
+        # show_progress=None shows it once a batch holds PROGRESS_THRESHOLD chunks, as Embedder.encode does.
+        self.rag, self.stats, self.show, self.bar = rag, stats, show_progress, None
+        self.queue: list = []     # ("chunk", file, i, Chunk) and ("end", file) in stream order
+        self.n_chunks = 0         # chunk entries in the queue
+        self.open = None          # [key, digest, size, new ids added to the index] of the file being written
+        self.files_written = 0
+
+    def file(self, key: str, digest: str, size: int, chunks) -> None:
+        f = (key, digest, size)
+        for i, c in enumerate(chunks):
+            self.queue.append(("chunk", f, i, c))
+            self.n_chunks += 1
+            if self.n_chunks >= EMBED_BATCH:
+                self.flush()
+        self.queue.append(("end", f))
+
+    def flush(self) -> None:
+        queue, self.queue, self.n_chunks = self.queue, [], 0
+        rag = self.rag
+        texts = [e[3].embed_text for e in queue if e[0] == "chunk"]
+        if self.bar is None and texts and (self.show or (self.show is None and len(texts) >= PROGRESS_THRESHOLD)):
+            from tqdm import tqdm
+            self.bar = tqdm(desc="indexing", unit="chunk")
+        # remember=False: new vectors go to the disk cache only (the in-memory LRU is for queries)
+        vecs = iter(rag.embedder.encode(texts, show_progress=False, remember=False)) if texts else iter(())
+        run: list = []  # consecutive chunks of the open file: (row, vector, metadata)
+
+        def write_run():
+            if run:
+                key = self.open[0]
+                rag.store.add_chunks(key, [r for r, _, _ in run], [v for _, v, _ in run])
+                ids = [r["id"] for r, _, _ in run]
+                rag.index.add(np.stack([v for _, v, _ in run]), ids, [m for _, _, m in run])
+                self.open[3].extend(ids)
+                self.stats["chunks"] += len(run)
+                if self.bar is not None:
+                    self.bar.update(len(run))
+                run.clear()
+
+        for e in queue:
+            key, digest, size = e[1]
+            if self.open is None or self.open[0] != key:
+                write_run()
+                old = rag.store.begin_file(key)
+                self.open = [key, digest, size, []]
+                rag.index.delete(old)  # the changed file's old chunks
+            if e[0] == "chunk":
+                c = e[3]
+                run.append(({"id": f"{key}#{e[2]}", "section": c.section, "start": c.start, "end": c.end,
+                             "text": c.text}, next(vecs), {"path": key, "section": " > ".join(c.section)}))
+            else:
+                write_run()
+                rag.store.commit_file(key, digest, size)
+                self.open = None
+                self.files_written += 1
+        write_run()
+
+    def undo_open_file(self) -> None:
+        """After a failure: roll the open file back in the store, and make the index match (its new chunks
+        out, its old ones back from the store)."""
+        if self.open is None:
+            return
+        rag = self.rag
+        key, new_ids = self.open[0], self.open[3]
+        self.open = None
+        rag.store.rollback_file()
+        rag.index.delete(new_ids)
+        ids, metas, vecs = rag.store.file_vectors(key)
+        if ids:
+            rag.index.add(vecs, ids, metas)
 
 
 def _passes(filter, metadata: dict) -> bool:
