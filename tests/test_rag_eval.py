@@ -62,6 +62,7 @@ def test_load_cases_validates(tmp_path):
     for line, msg in [('{"question": ""}', "question"), ('{"question": "q"}', "sources"),
                       ('{"question": "q", "sources": ["a"], "expect": {"regex": "("}}', "bad regex"),
                       ('{"question": "q", "sources": ["a"]}', "expect"),
+                      ('{"question": "q", "sources": ["a"], "section": [], "expect": {"contains": ["x"]}}', "section"),
                       ("not json", "not JSON"), ("", "no cases")]:
         p.write_text(line + "\n")
         with pytest.raises(ValueError, match=msg):
@@ -86,6 +87,8 @@ def test_checks_relevance_and_citations():
     writer = {"path": "/x/csv.md", "section": ["csv", "csv.writer(csvfile)"], "text": "Return a writer object."}
     assert is_relevant(reader, case) and is_relevant(folded, case) and not is_relevant(writer, case)
     assert not is_relevant(dict(reader, path="/x/other.md"), case)
+    either = dict(case, section=["csv.writer", "csv.DictReader"])  # several sections each answer
+    assert is_relevant(writer, either) and not is_relevant(reader, either) and not is_relevant(folded, either)
     sources = [(1, "/x/csv.md", "csv > csv.reader(csvfile)", 0.6), (2, "/x/csv.md", "csv > csv.writer", 0.5)]
     chunks = {1: reader, 2: writer}
     # [1] holds csv.reader; [2] does not; [3] is no source; a sentence naming no identifier needs a relevant one
