@@ -94,6 +94,8 @@ def test_checks_relevance_and_citations():
     # [1] holds csv.reader; [2] does not; [3] is no source; a sentence naming no identifier needs a relevant one
     text = "Call `csv.reader(f)` [1]. Also csv.reader() [2]. See [3]. It returns rows [1]. Rows again [2]."
     assert citation_checks(text, sources, chunks, case) == [True, False, False, True, False]
+    code = "Use it:\n\n```python\ndata = [1, 2]\nrows = [2]\n```\n\nDone [1]."  # lists in code are not citations
+    assert citation_checks(code, sources, chunks, case) == [True]
 
 
 def test_rag_eval_counts_everything(tmp_path):

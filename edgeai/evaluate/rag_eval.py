@@ -111,11 +111,12 @@ def _holds(source_text: str, ident: str) -> bool:
 
 def citation_checks(text: str, sources: list, chunks: dict, case: dict) -> List[bool]:
     """One bool per [n] citation: is it precise (see the module docstring)?"""
-    from ..retrieval.rag import citations_in
+    from ..retrieval.rag import citations_in, prose
 
     given = {n: chunks.get(n) for n, *_ in sources}
     out = []
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+    # code first, sentences second: a line of a code block (`data = [1, 2, 3]`) is not a citing sentence
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", prose(text, inline=False)):
         for n in citations_in(sentence):
             chunk = given.get(n)
             if chunk is None:

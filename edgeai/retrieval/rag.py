@@ -111,11 +111,16 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL_RE.search(text or ""))
 
 
+def prose(text: str, inline: bool = True) -> str:
+    """The text with code blocks (and inline code unless inline=False) blanked out: `[10, 20]` in code is data,
+    not a citation."""
+    return re.sub(r"```.*?(```|$)" + (r"|`[^`\n]*`" if inline else ""), " ", text or "", flags=re.S)
+
+
 def citations_in(text: str) -> List[int]:
-    """Source numbers cited as [n] or [n, m], in order of first appearance."""
+    """Source numbers cited as [n] or [n, m] in prose, in order of first appearance."""
     out: List[int] = []
-    prose = re.sub(r"```.*?(```|$)|`[^`\n]*`", " ", text or "", flags=re.S)  # `[10, 20]` in code is data
-    for m in _CITATION.finditer(prose):
+    for m in _CITATION.finditer(prose(text)):
         for n in re.split(r"\s*,\s*", m.group(1)):
             if int(n) not in out:
                 out.append(int(n))
