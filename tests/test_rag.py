@@ -7,7 +7,7 @@ import pytest
 from edgeai.retrieval.index import VectorIndex
 from helpers.fakes import BagOfWordsEmbedder
 from edgeai.retrieval.rag import (CONTEXT_CLOSE, CONTEXT_OPEN, INDEX_FILE, RAG, REFUSAL, STOP, SYSTEM_PROMPT,
-                                  citations_in, is_refusal)
+                                  citations_in, default_repetition_penalty, excerpt, is_refusal)
 
 
 class FakeLLM:
@@ -163,6 +163,36 @@ def test_context_budget(tmp_path):
     llm.context_length = 300  # not even one whole source fits: the first is cut, never dropped
     ans = rag.ask("topic", k=6, max_new_tokens=100)
     assert len(ans.sources) == 1
+
+
+def test_excerpt_keeps_the_lines_about_the_question(tmp_path):
+    text = ("## json.dumps(obj)\n\nSerialize obj to a JSON formatted str.\n\n"
+            + "\n\n".join(f"Filler paragraph {i} about unrelated options." for i in range(8))
+            + "\n\nIf indent is a non-negative integer, arrays are pretty-printed with that indent.\n\nThe end.")
+    cut = excerpt(text, "How do I pretty-print with an indent?", 30)
+    assert cut.startswith("## json.dumps(obj)") and "indent is a non-negative" in cut
+    assert "Filler" not in cut and "…" in cut and len(cut.split()) <= 30 + 3
+    assert excerpt(text, "anything", 1000) == text  # fits: unchanged
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.txt").write_text(text)
+    llm = FakeLLM()
+    whole = RAG(llm, BagOfWordsEmbedder(), VectorIndex(256), min_score=0)
+    whole.add([d])
+    whole.ask("pretty-print indent", k=1)
+    assert "Filler" in llm.messages[1]["content"]  # whole chunks by default
+    short = RAG(llm, BagOfWordsEmbedder(), VectorIndex(256), min_score=0, source_tokens=30)
+    short.add([d])
+    short.ask("pretty-print indent", k=1)
+    assert "Filler" not in llm.messages[1]["content"] and "indent is a non-negative" in llm.messages[1]["content"]
+
+
+def test_repetition_penalty_default_is_per_model():
+    assert default_repetition_penalty(SimpleNamespace(manifest={"architecture": "llama"})) == 1.1  # SmolLM2
+    assert default_repetition_penalty(SimpleNamespace(manifest={"architecture": "qwen2"})) == 1.0
+    assert default_repetition_penalty(object()) == 1.0
+    with pytest.raises(ValueError, match="source_tokens"):
+        RAG(None, BagOfWordsEmbedder(), VectorIndex(256), source_tokens=4)
 
 
 def test_no_documents_and_bad_question(tmp_path):
@@ -348,8 +378,14 @@ def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Itopens[1].") and "Sources:" in out  # FakeLLM streams words without spaces
+    assert "repetition_penalty" not in fake.kwargs  # a model without a measured penalty runs without one
+    fake.manifest = {"architecture": "llama"}  # SmolLM2's family: 1.1 by default
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     # the anti-loop penalty must not reach back into the sources (answers then avoid the sources' words)
     assert fake.kwargs["repetition_penalty"] == 1.1 and fake.kwargs["penalty_last_n"] == 64
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model),
+                 "--repetition-penalty", "1.3"]) == 0
+    assert fake.kwargs["repetition_penalty"] == 1.3
 
 
 def test_damaged_store_is_a_clear_error(tmp_path):

@@ -62,6 +62,7 @@ def test_load_cases_validates(tmp_path):
     for line, msg in [('{"question": ""}', "question"), ('{"question": "q"}', "sources"),
                       ('{"question": "q", "sources": ["a"], "expect": {"regex": "("}}', "bad regex"),
                       ('{"question": "q", "sources": ["a"]}', "expect"),
+                      ('{"question": "q", "sources": ["a"], "section": [], "expect": {"contains": ["x"]}}', "section"),
                       ("not json", "not JSON"), ("", "no cases")]:
         p.write_text(line + "\n")
         with pytest.raises(ValueError, match=msg):
@@ -86,11 +87,15 @@ def test_checks_relevance_and_citations():
     writer = {"path": "/x/csv.md", "section": ["csv", "csv.writer(csvfile)"], "text": "Return a writer object."}
     assert is_relevant(reader, case) and is_relevant(folded, case) and not is_relevant(writer, case)
     assert not is_relevant(dict(reader, path="/x/other.md"), case)
+    either = dict(case, section=["csv.writer", "csv.DictReader"])  # several sections each answer
+    assert is_relevant(writer, either) and not is_relevant(reader, either) and not is_relevant(folded, either)
     sources = [(1, "/x/csv.md", "csv > csv.reader(csvfile)", 0.6), (2, "/x/csv.md", "csv > csv.writer", 0.5)]
     chunks = {1: reader, 2: writer}
     # [1] holds csv.reader; [2] does not; [3] is no source; a sentence naming no identifier needs a relevant one
     text = "Call `csv.reader(f)` [1]. Also csv.reader() [2]. See [3]. It returns rows [1]. Rows again [2]."
     assert citation_checks(text, sources, chunks, case) == [True, False, False, True, False]
+    code = "Use it:\n\n```python\ndata = [1, 2]\nrows = [2]\n```\n\nDone [1]."  # lists in code are not citations
+    assert citation_checks(code, sources, chunks, case) == [True]
 
 
 def test_rag_eval_counts_everything(tmp_path):

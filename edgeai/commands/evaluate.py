@@ -80,6 +80,7 @@ def _retrieval(args) -> int:
 
 def _rag(args) -> int:
     from ..evaluate.rag_eval import PYDOC_CASES, format_report, load_cases, rag_eval
+    from ..retrieval.rag import penalty_kwargs
     from .retrieval import DEFAULT_LLM, _load_llm, _open, ensure_documents
 
     cases = load_cases(args.questions or PYDOC_CASES)
@@ -91,7 +92,7 @@ def _rag(args) -> int:
             raise SystemExit(f"edgeai eval rag: {why} (--retrieval-only skips the answers)")
     r = rag_eval(cases, rag, k=args.k, answer=not args.retrieval_only, max_new_tokens=args.max_new_tokens,
                  progress=True, **({} if args.retrieval_only else
-                                   {"repetition_penalty": 1.1, "penalty_last_n": 64}))
+                                   penalty_kwargs(rag.llm, args.repetition_penalty)))
     r["meta"].update(questions=str(args.questions or PYDOC_CASES), index=str(folder),
                      llm=None if args.retrieval_only else str(args.llm or DEFAULT_LLM))
     return _finish(args, r, [format_report(r)], compare_keys=("retrieval", "answers"))
@@ -159,6 +160,10 @@ def add_parser(sub) -> None:
     q.add_argument("-k", type=int, default=3, help="sources given to the model (default 3, as `edgeai ask`)")
     q.add_argument("--max-new-tokens", type=int, default=384)
     q.add_argument("--retrieval-only", action="store_true", help="no LLM: retrieval metrics only")
+    q.add_argument("--repetition-penalty", type=float, default=None,
+                   help="as `edgeai ask` (default: measured per model)")
+    q.add_argument("--source-tokens", type=int, default=None,
+                   help="cut each source to its lines most about the question within N tokens (default: whole)")
     common(q)
     q.set_defaults(func=_rag)
 

@@ -3,7 +3,8 @@ answers, including questions the documents cannot answer.
 
 A case is one JSON line:
   {"id": "csv-reader", "question": "How do I read a CSV file?",
-   "sources": ["csv.md"], "section": "csv.reader",            # where the answer is (section: optional)
+   "sources": ["csv.md"], "section": "csv.reader",            # where the answer is (section: optional;
+                                                              # a list when several sections each answer)
    "expect": {"contains": ["csv.reader"], "contains_any": ["open(", "with "],
               "regex": "csv\\.reader\\(", "not_contains": ["pandas"]}}   # checks as `eval golden`'s
   {"id": "no-pandas", "question": "How do I create a pandas DataFrame?", "answerable": false}
@@ -55,8 +56,12 @@ def load_cases(path) -> list:
                 re.compile(expect["regex"])
             except (re.error, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: bad regex {expect['regex']!r} ({exc})") from None
+        sec = c.get("section")
+        if sec is not None and not (isinstance(sec, str) or (isinstance(sec, list) and sec
+                                                              and all(isinstance(x, str) for x in sec))):
+            raise ValueError(f"{path}:{n}: 'section' must be a string or a non-empty list of strings")
         cases.append({"id": str(c.get("id", f"case{n}")), "question": c["question"], "answerable": bool(answerable),
-                      "sources": [str(s) for s in srcs], "section": c.get("section"), "expect": expect})
+                      "sources": [str(s) for s in srcs], "section": sec, "expect": expect})
     if not cases:
         raise ValueError(f"{path}: no cases")
     return cases
@@ -70,10 +75,11 @@ def is_relevant(chunk: dict, case: dict, section: bool = True) -> bool:
     sec = case.get("section") if section else None
     if not sec:
         return True
-    if sec.lower() in " > ".join(chunk["section"]).lower():
-        return True
+    path = " > ".join(chunk["section"]).lower()
     # a tiny section folded into its parent still has its heading line in the chunk
-    return any(sec.lower() in ln.lower() for ln in chunk["text"].splitlines() if ln.lstrip().startswith("#"))
+    heads = [ln.lower() for ln in chunk["text"].splitlines() if ln.lstrip().startswith("#")]
+    return any(s.lower() in path or any(s.lower() in h for h in heads)
+               for s in ([sec] if isinstance(sec, str) else sec))
 
 
 def check_answer(text: str, case: dict) -> List[str]:
@@ -105,11 +111,12 @@ def _holds(source_text: str, ident: str) -> bool:
 
 def citation_checks(text: str, sources: list, chunks: dict, case: dict) -> List[bool]:
     """One bool per [n] citation: is it precise (see the module docstring)?"""
-    from ..retrieval.rag import citations_in
+    from ..retrieval.rag import citations_in, prose
 
     given = {n: chunks.get(n) for n, *_ in sources}
     out = []
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+    # code first, sentences second: a line of a code block (`data = [1, 2, 3]`) is not a citing sentence
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", prose(text, inline=False)):
         for n in citations_in(sentence):
             chunk = given.get(n)
             if chunk is None:

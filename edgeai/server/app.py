@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from ..retrieval.rag import REFUSAL, STOP, chat_token_ids, plain_copy
+from ..retrieval.rag import REFUSAL, STOP, chat_token_ids, penalty_kwargs, plain_copy
 from .cache import OutputCache, cache_key
 from .errors import APIError, bad_param, unknown_model
 from .logprobs import token_bytes, token_text
@@ -30,8 +30,6 @@ from .params import GenRequest, parse_chat, parse_completion
 from .requestlog import RATING_MAX, RATING_MIN, RequestLog
 from .scheduler import Executor, Job, Scheduler
 
-# `edgeai ask`'s anti-loop setting (edgeai/commands/retrieval.py): a penalty over the last 64 tokens only
-ASK_EXTRA = {"repetition_penalty": 1.1, "penalty_last_n": 64}
 MAX_EMBED_INPUTS = 256
 DISCONNECT_POLL_S = 0.1  # a non-streaming request checks this often whether its client is still there
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embeddings",
@@ -275,7 +273,8 @@ class EdgeServer:
         ids = chat_token_ids(tok, messages, plain_copy(tok)) or tok.encode(
             tok.apply_chat_template(messages, add_generation_prompt=True))
         req.stop = list(req.stop) + [s for s in STOP if s not in req.stop]
-        run = self._run(req, served, [ids], "ask", json.dumps(messages), param="question", extra=ASK_EXTRA)
+        run = self._run(req, served, [ids], "ask", json.dumps(messages), param="question",
+                        extra=penalty_kwargs(served.llm))
         await run.complete(request)
         c = run.choices[0]
         return JSONResponse({"id": run.id, "object": "edgeai.answer", "created": run.created, "model": req.model,
