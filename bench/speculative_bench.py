@@ -75,7 +75,7 @@ def prompt_messages(llm, n: int, max_new: int):
             q, objs = RAG[(i // 2) % len(RAG)]
             retrieved = [({"path": f"{o.split('.')[0]}.txt", "section": [o], "text": source_text(o)}, 0.6)
                          for o in objs]
-            messages, _ = Rag.build_messages(SimpleNamespace(llm=llm), q, retrieved, max_new)
+            messages, _ = Rag.build_messages(SimpleNamespace(llm=llm, min_score=0.0, source_tokens=None), q, retrieved, max_new)
             out.append(("ask", messages))
     return out
 
