@@ -164,6 +164,23 @@ GenerateResult Engine::generate(const std::vector<int32_t>& prompt, SamplerChain
     return r;
 }
 
+bool Engine::emit(int32_t tok, const GenerateParams& p, const TokenCallback& on_token, int pos,
+                  std::vector<int32_t>& out, std::vector<int32_t>& history, GenerateResult& r,
+                  Clock::time_point start) {
+    if (out.empty()) r.ttft_s = seconds_since(start);
+    out.push_back(tok);
+    history.push_back(tok);
+    if (std::find(p.eos_ids.begin(), p.eos_ids.end(), tok) != p.eos_ids.end()) {
+        r.finish_reason = "stop";
+        return true;
+    }
+    if (on_token && !on_token(tok)) {
+        r.finish_reason = cancelled() ? "cancelled" : "stop";
+        return true;
+    }
+    return static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq();  // "length"
+}
+
 // One token per iteration, sampled from logits row `row`. Without drafts every token costs one forward
 // pass. With drafts, the forward that feeds token t also feeds the guesses d0..dk-1 and returns k+1 rows of
 // logits: row i is what follows d(i-1) (row 0 follows t). Sampling row i and getting d(i) confirms that guess,
@@ -189,18 +206,7 @@ void Engine::sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain
         }
         TokenHistory h{history.data(), history.size()};
         int32_t tok = chain->sample(logits_.data() + row * n_vocab_, n_vocab_, h);
-        if (out.empty()) r.ttft_s = seconds_since(start);
-        out.push_back(tok);
-        history.push_back(tok);
-        if (std::find(p.eos_ids.begin(), p.eos_ids.end(), tok) != p.eos_ids.end()) {
-            r.finish_reason = "stop";
-            break;
-        }
-        if (on_token && !on_token(tok)) {
-            r.finish_reason = cancelled() ? "cancelled" : "stop";
-            break;
-        }
-        if (static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq()) break;
+        if (emit(tok, p, on_token, pos, out, history, r, start)) break;
         if (row < drafts.size() && tok == drafts[row]) {  // confirmed: its keys/values are in the cache
             ++pos;
             ++row;

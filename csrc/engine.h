@@ -104,6 +104,10 @@ private:
     void sample_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                      const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);
     void beam_loop(const std::vector<int32_t>& prompt, const GenerateParams& p, GenerateResult& r);
+    // Appends a sampled token to the answer and the history, then applies the rules every sampling loop ends
+    // on: eos, the consumer's callback (a stop string, a cancel), the token budget, the context. True: stop.
+    bool emit(int32_t tok, const GenerateParams& p, const TokenCallback& on_token, int pos,
+              std::vector<int32_t>& out, std::vector<int32_t>& history, GenerateResult& r, Clock::time_point start);
     void speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* chain, const GenerateParams& p,
                           const TokenCallback& on_token, GenerateResult& r, Clock::time_point start);  // speculative.cpp
     friend class DraftModel;  // drives a draft engine step by step (speculative.cpp)

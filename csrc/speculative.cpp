@@ -245,18 +245,7 @@ void Engine::speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* 
                 tok = draw(target.ids, target.probs, 1.0, rng.uniform());
             }
         }
-        if (out.empty()) r.ttft_s = std::chrono::duration<double>(Clock::now() - start).count();
-        out.push_back(tok);
-        history.push_back(tok);
-        if (std::find(p.eos_ids.begin(), p.eos_ids.end(), tok) != p.eos_ids.end()) {
-            r.finish_reason = "stop";
-            break;
-        }
-        if (on_token && !on_token(tok)) {
-            r.finish_reason = cancelled() ? "cancelled" : "stop";
-            break;
-        }
-        if (static_cast<int>(out.size()) >= p.max_new_tokens || pos + 1 >= kv_.max_seq()) break;
+        if (emit(tok, p, on_token, pos, out, history, r, start)) break;
         if (accepted) {
             ++pos;
             ++row;
