@@ -60,9 +60,7 @@ Engine::KVShape BatchEngine::kv_shape() {
 
 float* BatchEngine::kv_address(int layer, bool value) {
     std::lock_guard<std::mutex> state(state_mu_);
-    if (layer < 0 || layer >= kv_.layers())
-        throw std::out_of_range("layer " + std::to_string(layer) + " is outside [0, " + std::to_string(kv_.layers()) + ")");
-    return value ? kv_.value(layer) : kv_.key(layer);
+    return kv_.layer_buffer(layer, value);
 }
 
 uint64_t BatchEngine::kv_version() {

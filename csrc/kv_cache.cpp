@@ -38,6 +38,12 @@ void KVCache::ensure_batch(int batch) {
     ++version_;
 }
 
+float* KVCache::layer_buffer(int layer, bool value) {
+    if (layer < 0 || layer >= layers_)
+        throw std::out_of_range("layer " + std::to_string(layer) + " is outside [0, " + std::to_string(layers_) + ")");
+    return value ? this->value(layer) : key(layer);
+}
+
 void KVCache::check_row(int row, const char* what) const {
     if (row < 0 || row >= batch_)
         throw std::out_of_range(std::string(what) + " row " + std::to_string(row) + " is outside [0, " +

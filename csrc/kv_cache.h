@@ -24,6 +24,9 @@ public:
     // they were, so a forward pass bound to them never touches freed memory.
     void ensure_batch(int batch);
 
+    // One layer's keys (value false) or values, for binding to the forward pass; the layer is checked
+    // (std::out_of_range naming it), as it arrives from Python.
+    float* layer_buffer(int layer, bool value);
     float* key(int layer) { return buffers_[2 * layer].get(); }
     float* value(int layer) { return buffers_[2 * layer + 1].get(); }
     int layers() const { return layers_; }
