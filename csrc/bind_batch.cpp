@@ -5,11 +5,14 @@
 
 #include "batch_engine.h"
 #include "py_args.h"
+#include "py_results.h"
 
 namespace py = pybind11;
 using namespace edgeai;
 using edgeai::py_args::int32_list;
 using edgeai::py_args::integer;
+using edgeai::py_results::result_dict;
+using edgeai::py_results::token_callback;
 
 namespace {
 
@@ -71,30 +74,13 @@ void bind_batch_engine(py::module_& m) {
             BatchParams p;
             p.max_new_tokens = integer<int>(max_new_tokens, "max_new_tokens", 1, kMax);
             p.eos_ids = int32_list(eos_ids, "eos token id");
-            TokenCallback cb;
-            if (!on_token.is_none())
-                cb = [&on_token](int32_t t) {
-                    py::gil_scoped_acquire gil;
-                    return on_token(t).cast<bool>();
-                };
+            const TokenCallback cb = token_callback(on_token);
             GenerateResult r;
             {
                 py::gil_scoped_release release;
                 r = e.generate(id, ids, chain, p, cb);
             }
-            py::dict d;
-            d["sequences"] = r.sequences;
-            d["scores"] = r.scores;
-            d["finish_reason"] = r.finish_reason;
-            d["prompt_tokens"] = r.prompt_tokens;
-            d["reused_tokens"] = r.reused_tokens;
-            d["ttft_s"] = r.ttft_s;
-            d["prefill_s"] = r.prefill_s;
-            d["decode_s"] = r.decode_s;
-            d["forward_s"] = r.forward_s;
-            d["decode_forward_s"] = r.decode_forward_s;
-            d["decode_steps"] = r.decode_steps;
-            return d;
+            return result_dict(r);
         }, py::arg("request_id"), py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128,
            py::arg("eos_ids") = py::list(), py::arg("on_token") = py::none())
         .def("cancel", [](BatchEngine& e, py::handle request_id) {

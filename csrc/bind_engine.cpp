@@ -6,11 +6,14 @@
 
 #include "engine.h"
 #include "py_args.h"
+#include "py_results.h"
 
 namespace py = pybind11;
 using namespace edgeai;
 using edgeai::py_args::int32_list;
 using edgeai::py_args::integer;
+using edgeai::py_results::result_dict;
+using edgeai::py_results::token_callback;
 
 namespace {
 
@@ -35,42 +38,6 @@ public:
 private:
     py::object fn_;
 };
-
-py::dict result_dict(const GenerateResult& r) {
-    py::dict d;
-    d["sequences"] = r.sequences;
-    d["scores"] = r.scores;
-    d["finish_reason"] = r.finish_reason;
-    d["prompt_tokens"] = r.prompt_tokens;
-    d["reused_tokens"] = r.reused_tokens;
-    d["ttft_s"] = r.ttft_s;
-    d["prefill_s"] = r.prefill_s;
-    d["decode_s"] = r.decode_s;
-    d["forward_s"] = r.forward_s;
-    d["decode_forward_s"] = r.decode_forward_s;
-    d["decode_steps"] = r.decode_steps;
-    d["draft_proposed"] = r.draft_proposed;
-    d["draft_accepted"] = r.draft_accepted;
-    if (!r.speculative.steps_by_width.empty()) {  // a draft model ran this request
-        const SpeculativeStats& s = r.speculative;
-        py::dict sp;
-        sp["rounds"] = s.rounds;
-        sp["model_rounds"] = s.model_rounds;
-        sp["lookup_rounds"] = s.lookup_rounds;
-        sp["model_proposed"] = s.model_proposed;
-        sp["model_accepted"] = s.model_accepted;
-        sp["lookup_proposed"] = s.lookup_proposed;
-        sp["lookup_accepted"] = s.lookup_accepted;
-        sp["draft_steps"] = s.draft_steps;
-        sp["draft_prefill_s"] = s.draft_prefill_s;
-        sp["draft_s"] = s.draft_s;
-        sp["target_s"] = s.target_s;
-        sp["steps_by_width"] = s.steps_by_width;
-        sp["seconds_by_width"] = s.seconds_by_width;
-        d["speculative"] = sp;
-    }
-    return d;
-}
 
 }  // namespace
 
@@ -125,12 +92,7 @@ void bind_engine(py::module_& m) {
             p.verify_cost = verify_cost;
             p.draft_window = integer<int>(draft_window, "draft_window", 0, kMax);
             p.seed = integer<uint64_t>(seed, "seed");
-            TokenCallback cb;
-            if (!on_token.is_none())
-                cb = [&on_token](int32_t t) {
-                    py::gil_scoped_acquire gil;
-                    return on_token(t).cast<bool>();
-                };
+            const TokenCallback cb = token_callback(on_token);
             GenerateResult r;
             {
                 py::gil_scoped_release release;
