@@ -20,7 +20,7 @@ class FakeLLM:
     def chat(self, messages, max_new_tokens=256, temperature=0.0, stream=False, **kw):
         self.messages, self.kwargs = messages, kw
         if stream:
-            return iter(self.reply.split(" "))  # pieces
+            return iter(self.reply.replace(" ", " \0").split("\0"))  # pieces: words with their spaces
         return SimpleNamespace(text=self.reply)
 
 
@@ -120,8 +120,8 @@ def test_stream_and_sources(tmp_path):
     # the prompt names the file, not where it lives: moving the index must not change the answer
     assert '<source id="1" title="heap.md: heapq &gt; heappush">' in llm.messages[1]["content"]
     assert str(tmp_path) not in llm.messages[1]["content"]
-    assert list(ans) == ["heappush", "adds", "an", "item", "[1]"]
-    assert ans.text == "heappushaddsanitem[1]" and ans.citations == [1]
+    assert list(ans) == ["heappush ", "adds ", "an ", "item ", "[1]"]
+    assert ans.text == "heappush adds an item [1]" and ans.citations == [1] and not ans.attributed
 
 
 def test_citations_checked_against_sources():
@@ -305,6 +305,45 @@ def test_ask_on_a_tiny_real_llm_uses_plain_document_tokens(tmp_path):
         assert seen[0].count(llm.tokenizer.token_to_id("<|im_start|>")) == 3
 
 
+def test_answers_citing_nothing_get_their_sources_attributed(tmp_path):
+    """An answer that cites no given source ends with "Source: [n]": the source whose heading is the API the
+    answer names, else the one its wording comes from; nothing for answers that cite, refuse, or match no
+    source, nor with cite=False. Streams end with the same line, and Answer.attributed tells it apart."""
+    from edgeai.retrieval.rag import attribute
+
+    def chunk(section, text):
+        return {"section": section, "text": text}, 0.5
+
+    overview = chunk(["heapq"], "The heapq module: push an item onto the heap and pop the smallest item.")
+    push = chunk(["heapq", "heapq.heappush(heap, item)"], "Push the value item onto the heap.")
+    pop = chunk(["heapq", "heapq.heappop(heap)"], "Pop and return the smallest item from the heap.")
+    # the named API's own section wins over a source sharing more words
+    assert attribute("Use `heapq.heappush()` to push an item onto the heap.", [overview, push, pop]) == [2]
+    assert attribute("Call heappop(h) to pop the smallest item.", [overview, push, pop]) == [3]
+    # no API named: wording; fewer than ATTRIBUTION_MIN shared trigrams is no evidence
+    assert attribute("It will pop and return the smallest item from the heap.", [overview, push, pop]) == [3]
+    assert attribute("Pop and return the smallest item; push the value item onto the heap.",
+                     [overview, push, pop]) == [2, 3]
+    assert attribute("Nothing in common here at all.", [overview, push, pop]) == []
+
+    llm = FakeLLM("Use heappush to push an item onto the heap, keeping the heap invariant.")
+    rag = RAG(llm, BagOfWordsEmbedder(), VectorIndex(256), min_score=0)
+    rag.add([_docs(tmp_path)])
+    ans = rag.ask("push an item onto the heap", k=2)
+    assert ans.sources[0][2] == "heapq > heappush" and ans.text.endswith("invariant.\n\nSource: [1]")
+    assert ans.attributed and ans.citations == [1]
+    streamed = rag.ask("push an item onto the heap", k=2, stream=True)
+    pieces = list(streamed)
+    assert pieces[-1] == "\n\nSource: [1]" and streamed.attributed
+    for reply in ("It is heappush [2].", "The provided documents do not answer the question.",
+                  "Completely unrelated words."):
+        llm.reply = reply
+        ans = rag.ask("push an item onto the heap", k=2)
+        assert ans.text == reply and not ans.attributed
+    llm.reply, rag.cite = "Use heappush to push an item onto the heap, keeping the heap invariant.", False
+    assert "Source:" not in rag.ask("push an item onto the heap", k=2).text
+
+
 def test_with_real_embedder_pipeline(tmp_path, tiny_embed_model):
     from edgeai.retrieval.embedder import Embedder
     emb = Embedder(tiny_embed_model)
@@ -377,7 +416,7 @@ def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
     monkeypatch.setattr(cmd, "_load_llm", lambda name, draft=None: (fake, None))
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Itopens[1].") and "Sources:" in out  # FakeLLM streams words without spaces
+    assert out.startswith("It opens [1].") and "Sources:" in out
     assert "repetition_penalty" not in fake.kwargs  # a model without a measured penalty runs without one
     fake.manifest = {"architecture": "llama"}  # SmolLM2's family: 1.1 by default
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0

@@ -21,7 +21,10 @@ Answers (unless retrieval only):
 - refusal rate on the unanswerable cases (the retrieval floor or the model's own "do not answer");
 - citation precision: each [n] in an answer counts once; it is precise when source n exists and holds an
   identifier the citing sentence names (`csv.reader`, `heappush()`, `json.dumps`), or, for a sentence naming
-  none, when source n is a relevant source of the case;
+  none, when source n is a relevant source of the case. The "Source: [n]" line that `RAG.ask` adds to an
+  answer citing nothing (the pipeline's attribution, rag.attribute) names no identifier, so it is precise
+  only when it names the case's answering section: a check against the hand-written labels, which the
+  attribution never sees. `answers_attributed` counts those answers;
 - latency of `ask` with streaming: time to the first text piece (retrieval included) and to the end.
 """
 from __future__ import annotations
@@ -89,19 +92,6 @@ def check_answer(text: str, case: dict) -> List[str]:
     return check({**case["expect"], "ignore_case": True}, text)[1]
 
 
-_IDENT = re.compile(r"`([^`\n]+)`|\b([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)\b|\b([A-Za-z_]\w*)\(")
-
-
-def _identifiers(sentence: str) -> List[str]:
-    """Names a sentence gives as code: `backticked`, dotted (json.dumps) or called (heappush(...))."""
-    out = []
-    for m in _IDENT.finditer(sentence):
-        ident = re.sub(r"\(.*", "", m.group(1) or m.group(2) or m.group(3)).strip()
-        if re.fullmatch(r"[A-Za-z_][\w.]*", ident) and ident.lower() not in ("e.g", "i.e", "etc"):
-            out.append(ident)
-    return list(dict.fromkeys(out))
-
-
 def _holds(source_text: str, ident: str) -> bool:
     # `csv.reader` is held by a source that says csv.reader, or says reader( under a csv heading: the last
     # component as a whole word is enough; the module prefix is often implied by the page.
@@ -111,7 +101,7 @@ def _holds(source_text: str, ident: str) -> bool:
 
 def citation_checks(text: str, sources: list, chunks: dict, case: dict) -> List[bool]:
     """One bool per [n] citation: is it precise (see the module docstring)?"""
-    from ..retrieval.rag import citations_in, prose
+    from ..retrieval.rag import citations_in, identifiers, prose
 
     given = {n: chunks.get(n) for n, *_ in sources}
     out = []
@@ -122,7 +112,7 @@ def citation_checks(text: str, sources: list, chunks: dict, case: dict) -> List[
             if chunk is None:
                 out.append(False)
                 continue
-            idents = _identifiers(sentence)
+            idents = identifiers(sentence)
             body = " > ".join(chunk["section"]) + "\n" + chunk["text"]
             out.append(any(_holds(body, i) for i in idents) if idents else
                        (case["answerable"] and is_relevant(chunk, case)))
@@ -185,6 +175,7 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
             row.update({"answer": ans.text, "refused": refused, "refused_by_floor": ans.refused,
                         "correct": correct, "failed_checks": failed, "citations": len(cites),
                         "precise_citations": sum(cites), "invalid_citations": ans.invalid_citations,
+                        "attributed": bool(getattr(ans, "attributed", False)),
                         "ttft_s": round(ttft, 3) if ttft is not None else None, "total_s": round(total, 3)})
         per.append(row)
         if bar is not None:
@@ -217,6 +208,8 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
             "citation_precision": sum(r["precise_citations"] for r in per) / n_cit if n_cit else None,
             "citations": n_cit,
             "answers_citing": sum(1 for r in answerable if r["citations"]) / max(1, len(answerable)),
+            # citations that the pipeline attributed (a "Source: [n]" line) rather than the model wrote
+            "answers_attributed": sum(1 for r in per if r.get("attributed")),
             "ttft_s": {"median": _pct(ttft, 0.5), "p95": _pct(ttft, 0.95)},
             "total_s": {"median": _pct(total, 0.5), "p95": _pct(total, 0.95)}}
     out["per_case"] = per
@@ -239,7 +232,8 @@ def format_report(r: dict) -> str:
     if a:
         cp = "n/a" if a["citation_precision"] is None else f"{a['citation_precision']:.1%}"
         lines += [f"answers     correct {a['correctness']:.1%}  citation precision {cp} ({a['citations']} "
-                  f"citations)  refusal on unanswerable {a['refusal_unanswerable']:.1%}  "
+                  f"citations; {a.get('answers_attributed', 0)} answers' sources attributed by the pipeline)  "
+                  f"refusal on unanswerable {a['refusal_unanswerable']:.1%}  "
                   f"(on answerable {a['refusal_answerable']:.1%})",
                   f"latency     first text median {a['ttft_s']['median']}s p95 {a['ttft_s']['p95']}s, "
                   f"full answer median {a['total_s']['median']}s p95 {a['total_s']['p95']}s"]

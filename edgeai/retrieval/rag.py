@@ -32,7 +32,14 @@ template. Retrieved text is data:
   obeyed a plain-text fake system turn, `tools/injection_check.py`), chat-template markup in a document
   (`<|...|>`) is defused too: its '<' becomes '‹'.
 Citations are `[n]`; `Answer.citations` lists the cited numbers that name a given source, and
-`Answer.invalid_citations` any others.
+`Answer.invalid_citations` any others. Small models rarely write them unasked (the 0.5B Qwen model wrote none
+on the shipped set, whatever the instruction; docs/retrieval.md), so an answer that cites no given source and
+does not refuse ends with a line "Source: [n]" that the pipeline attributes (`attribute`): the source whose
+heading is the API the answer names, or else the source(s) sharing the most word trigrams with the answer,
+when they share at least ATTRIBUTION_MIN. These citations are
+evidence of where the answer's wording comes from, not the model's own claim; `Answer.attributed` says which
+kind an answer holds. (Asking the model to pick its source after its answer, constrained to the sources'
+digits, picked source [1] for most answers, the csv.reader answer among them: docs/retrieval.md.)
 
 Incremental add: a file whose sha256 is unchanged is skipped; a changed file's old chunks are deleted from
 the index and replaced. The SQLite DocStore keeps text and vectors, so the HNSW file can always be rebuilt.
@@ -77,6 +84,9 @@ SYSTEM_PROMPT = (
 # tokens: then every ask skips one chunk of prefill. With Qwen2.5's template it is 133 (117 before the sentence
 # on keeping answers short, which reused nothing).
 NO_CONTEXT = "No indexed documents matched the question."
+# Word trigrams an answer must share with a source to be attributed to it (`attribute`): fewer is a common
+# phrase ("of the file"), not evidence of where the answer comes from.
+ATTRIBUTION_MIN = 3
 INDEX_FILE = "vectors.vidx"
 STORE_FILE = "docs.sqlite"
 CACHE_FILE = "embcache.sqlite"
@@ -141,12 +151,17 @@ def citations_in(text: str) -> List[int]:
     return out
 
 
+class _Attributed(str):
+    """The attributed source line as a streamed piece (a str, so callers just print it)."""
+
+
 @dataclass
 class Answer:
     text: str
     sources: List[Tuple[int, str, str, float]]  # (n, file, section, score)
     stream: Optional[Iterator[str]] = field(default=None, repr=False)
     refused: bool = False  # True when retrieval found nothing relevant and the LLM was not asked
+    attributed: bool = False  # True when the answer ends with a "Source: [n]" line the pipeline attributed
 
     def __iter__(self):
         """With ask(stream=True): yields text pieces and fills .text as it goes."""
@@ -154,7 +169,9 @@ class Answer:
             yield self.text
             return
         for piece in self.stream:
-            if not isinstance(piece, str):  # an LLM may stream token objects carrying .text
+            if isinstance(piece, _Attributed):
+                self.attributed = True
+            elif not isinstance(piece, str):  # an LLM may stream token objects carrying .text
                 piece = getattr(piece, "text", str(piece))
             self.text += piece
             yield piece
@@ -171,6 +188,55 @@ class Answer:
         """Cited numbers that name no given source (the model made them up)."""
         given = {s[0] for s in self.sources}
         return [n for n in citations_in(self.text) if n not in given]
+
+
+_IDENT = re.compile(r"`([^`\n]+)`|\b([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)\b|\b([A-Za-z_]\w*)\(")
+
+
+def identifiers(text: str) -> List[str]:
+    """Names a text gives as code: `backticked`, dotted (json.dumps) or called (heappush(...))."""
+    out = []
+    for m in _IDENT.finditer(text):
+        ident = re.sub(r"\(.*", "", m.group(1) or m.group(2) or m.group(3)).strip()
+        if re.fullmatch(r"[A-Za-z_][\w.]*", ident) and ident.lower() not in ("e.g", "i.e", "etc"):
+            out.append(ident)
+    return list(dict.fromkeys(out))
+
+
+def _heading_match(names: List[str], section: List[str]) -> int:
+    """2 when the section's own heading is the API an answer names in full (csv.reader), 1 when it is by its
+    last component only (reader), else 0."""
+    head = identifiers(section[-1] + "(") if section else []
+    if not head:
+        return 0
+    own = head[0]
+    full = [n for n in names if n == own or own.endswith("." + n) and "." in n]
+    return 2 if full else 1 if any(n.split(".")[-1] == own.split(".")[-1] for n in names) else 0
+
+
+def attribute(answer: str, retrieved: List[Tuple[dict, float]]) -> List[int]:
+    """Source numbers (1-based, best first) an answer comes from. First, the API it names: the sources whose
+    own section heading is an identifier the answer names (`csv.reader`), the closest match first. Failing
+    that, its wording: the source sharing the most distinct word trigrams with the answer (code included: a
+    copied example is evidence too), when it shares at least ATTRIBUTION_MIN, and the next one too if it
+    shares at least half as many. Never more than two: a line naming every source says nothing."""
+    chunks = [c for c, _ in retrieved]
+    names = identifiers(answer)
+    by_heading = [_heading_match(names, c["section"]) for c in chunks]
+    top = max(by_heading, default=0)
+    if top:
+        return [i + 1 for i, m in enumerate(by_heading) if m == top][:2]
+    said = _shingles(answer)
+    shared = [len(said & _shingles(" ".join(c["section"]) + "\n" + c["text"])) for c in chunks]
+    best = max(shared, default=0)
+    if best < ATTRIBUTION_MIN:
+        return []
+    return sorted((i + 1 for i, n in enumerate(shared) if 2 * n >= best), key=lambda n: -shared[n - 1])[:2]
+
+
+def needs_citation(text: str, n_sources: int) -> bool:
+    """An answer that names no given source and is not a refusal gets a model-picked source line."""
+    return n_sources > 0 and not is_refusal(text) and not any(1 <= n <= n_sources for n in citations_in(text))
 
 
 _TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
@@ -286,12 +352,13 @@ def chat_token_ids(tokenizer, messages: List[dict], plain=None) -> Optional[List
 class RAG:
     def __init__(self, llm, embedder, index=None, store: Optional[DocStore] = None,
                  chunker: Optional[Chunker] = None, mode: str = "hybrid", min_score: float = MIN_SCORE,
-                 source_tokens: Optional[int] = SOURCE_TOKENS):
+                 source_tokens: Optional[int] = SOURCE_TOKENS, cite: bool = True):
         """index: a VectorIndex, or a folder path (created if needed) holding the index, SQLite store and
         embedding cache. With a VectorIndex and no store, the store lives in memory.
         mode: "hybrid" (dense + lexical, fused), "dense" or "lexical". min_score: see MIN_SCORE.
         source_tokens: each source is cut to its paragraphs most about the question within this many LLM
-        tokens (see `excerpt`; None: whole chunks)."""
+        tokens (see `excerpt`; None: whole chunks). cite: end an answer that cites no source with the sources
+        its wording comes from (`citation_line`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if source_tokens is not None and (not isinstance(source_tokens, int) or source_tokens < 16):
@@ -299,6 +366,7 @@ class RAG:
         self.llm, self.embedder = llm, embedder
         self.mode, self.min_score = mode, float(min_score)
         self.source_tokens = source_tokens
+        self.cite = bool(cite)
         self.folder: Optional[Path] = None
         if index is None or isinstance(index, (str, os.PathLike)):
             if index is not None:
@@ -493,6 +561,17 @@ class RAG:
             return self.llm.chat(messages, stream=stream, **kwargs)
         return self.llm.stream(ids, **kwargs) if stream else self.llm.generate(ids, **kwargs)
 
+    def citation_line(self, text: str, retrieved: List[Tuple[dict, float]]) -> str:
+        """"\n\nSource: [n]" (or "Sources: [n, m]") naming the sources `attribute` finds behind `text`, when
+        `text` cites none of them and is not a refusal; "" otherwise or when this RAG does not cite
+        (cite=False). `retrieved` is what the prompt was built from (its first len(sources) entries)."""
+        if not self.cite or not needs_citation(text, len(retrieved)):
+            return ""
+        found = attribute(text, retrieved)
+        if not found:
+            return ""
+        return f"\n\n{'Sources' if len(found) > 1 else 'Source'}: [{', '.join(map(str, found))}]"
+
     def below_floor(self, retrieved, min_score: Optional[float] = None) -> bool:
         """True when nothing retrieved scores min_score (default: self.min_score) or more: the question is
         far from every source, so the answer is REFUSAL and the LLM is not asked (`ask`, serve's /v1/ask)."""
@@ -512,9 +591,23 @@ class RAG:
         stop = list(STOP) + list(llm_kwargs.pop("stop", None) or [])
         out = self._chat(messages, stream, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
                          **llm_kwargs)
+        given = retrieved[:len(sources)]
         if stream:
-            return Answer("", sources, stream=iter(out))
-        return Answer(getattr(out, "text", out if isinstance(out, str) else str(out)).strip(), sources)
+            return Answer("", sources, stream=self._cited_stream(out, given))
+        text = getattr(out, "text", out if isinstance(out, str) else str(out)).strip()
+        line = self.citation_line(text, given)
+        return Answer(text + line, sources, attributed=bool(line))
+
+    def _cited_stream(self, pieces, given) -> Iterator[str]:
+        said = []
+        for piece in pieces:
+            said.append(piece if isinstance(piece, str) else getattr(piece, "text", str(piece)))
+            yield piece
+        if getattr(getattr(pieces, "generation", None), "finish_reason", None) == "cancelled":
+            return
+        line = self.citation_line("".join(said).strip(), given)
+        if line:
+            yield _Attributed(line)
 
 
 class _BatchWriter:

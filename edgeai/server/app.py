@@ -264,6 +264,7 @@ class EdgeServer:
                                "prompt_text": q, "completion_text": REFUSAL}, 200)
             return JSONResponse({"id": rid, "object": "edgeai.answer", "created": int(time.time()),
                                  "model": req.model, "answer": REFUSAL, "finish_reason": "refused", "refused": True,
+                                 "attributed": False,
                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
                                  "cached": False, "sources": []})
         messages, sources = self.rag.build_messages(q, retrieved, max_new)
@@ -277,8 +278,13 @@ class EdgeServer:
                         extra=penalty_kwargs(served.llm))
         await run.complete(request)
         c = run.choices[0]
+        answer, line = c.text, ""
+        if c.finish_reason in ("stop", "length"):  # as `edgeai ask`: an answer citing nothing gets its sources
+            line = self.rag.citation_line(answer.strip(), retrieved[:len(sources)])
+            answer = answer.strip() + line if line else answer
         return JSONResponse({"id": run.id, "object": "edgeai.answer", "created": run.created, "model": req.model,
-                             "answer": c.text, "finish_reason": c.finish_reason, "refused": False,
+                             "answer": answer, "finish_reason": c.finish_reason, "refused": False,
+                             "attributed": bool(line),
                              "usage": run.usage(),
                              "cached": run.cache_state == "hit",
                              "sources": [{"n": n, "path": path, "section": section, "score": round(score, 4)}
