@@ -323,7 +323,14 @@ def test_answers_citing_nothing_get_their_sources_attributed(tmp_path):
     # no API named: wording; fewer than ATTRIBUTION_MIN shared trigrams is no evidence
     assert attribute("It will pop and return the smallest item from the heap.", [overview, push, pop]) == [3]
     assert attribute("Pop and return the smallest item; push the value item onto the heap.",
-                     [overview, push, pop]) == [2, 3]
+                     [overview, push, pop]) == [2]  # one source: the one sharing the most
+    # a module page's heading is no API entry: naming the module does not point at it
+    assert attribute("The `heapq` module can push an item onto the heap.", [overview, pop]) == [1]
+    assert attribute("The `heapq` module pops items.", [overview, pop]) == []
+    # two API headings named: the closer match, then the wording, decides
+    assert attribute("Use heapq.heappop(h); heappush adds the value item onto the heap.", [pop, push]) == [1]
+    assert attribute("Use heappop(h), or push the value item onto the heap with heappush(h, x).",
+                     [pop, push]) == [2]
     assert attribute("Nothing in common here at all.", [overview, push, pop]) == []
 
     llm = FakeLLM("Use heappush to push an item onto the heap, keeping the heap invariant.")

@@ -35,8 +35,8 @@ Citations are `[n]`; `Answer.citations` lists the cited numbers that name a give
 `Answer.invalid_citations` any others. Small models rarely write them unasked (the 0.5B Qwen model wrote none
 on the shipped set, whatever the instruction; docs/retrieval.md), so an answer that cites no given source and
 does not refuse ends with a line "Source: [n]" that the pipeline attributes (`attribute`): the source whose
-heading is the API the answer names, or else the source(s) sharing the most word trigrams with the answer,
-when they share at least ATTRIBUTION_MIN. These citations are
+heading is the API the answer names, or else the source sharing the most word trigrams with the answer, when
+it shares at least ATTRIBUTION_MIN. These citations are
 evidence of where the answer's wording comes from, not the model's own claim; `Answer.attributed` says which
 kind an answer holds. (Asking the model to pick its source after its answer, constrained to the sources'
 digits, picked source [1] for most answers, the csv.reader answer among them: docs/retrieval.md.)
@@ -204,34 +204,37 @@ def identifiers(text: str) -> List[str]:
 
 
 def _heading_match(names: List[str], section: List[str]) -> int:
-    """2 when the section's own heading is the API an answer names in full (csv.reader), 1 when it is by its
-    last component only (reader), else 0."""
-    head = identifiers(section[-1] + "(") if section else []
+    """How closely a section's own heading is an API the answer names: 2 in full (`csv.reader` for the heading
+    "csv.reader(...)"), 1 by its last component only (`reader`), else 0. Only API entries count (a dotted name
+    or a call in the heading): a module page's heading ("itertools") is named by nearly every answer about it."""
+    if not section or not ("(" in section[-1] or "." in section[-1]):
+        return 0
+    head = identifiers(section[-1])
     if not head:
         return 0
     own = head[0]
-    full = [n for n in names if n == own or own.endswith("." + n) and "." in n]
-    return 2 if full else 1 if any(n.split(".")[-1] == own.split(".")[-1] for n in names) else 0
+    if any(n == own or "." in n and own.endswith("." + n) for n in names):
+        return 2
+    return 1 if any(n.split(".")[-1] == own.split(".")[-1] for n in names) else 0
 
 
 def attribute(answer: str, retrieved: List[Tuple[dict, float]]) -> List[int]:
-    """Source numbers (1-based, best first) an answer comes from. First, the API it names: the sources whose
-    own section heading is an identifier the answer names (`csv.reader`), the closest match first. Failing
-    that, its wording: the source sharing the most distinct word trigrams with the answer (code included: a
-    copied example is evidence too), when it shares at least ATTRIBUTION_MIN, and the next one too if it
-    shares at least half as many. Never more than two: a line naming every source says nothing."""
+    """The source number (1-based; [] for none) an answer comes from, by the API it names first: the source
+    whose own section heading is an identifier the answer names (`csv.reader`), the closest match first; then
+    by its wording: the most distinct word trigrams shared with the answer (code included: a copied example is
+    evidence too), which also breaks ties between headings. Wording alone must share at least ATTRIBUTION_MIN
+    trigrams. One source: when an answer also mentions a neighbouring API, the one it is about is the one to
+    read."""
     chunks = [c for c, _ in retrieved]
     names = identifiers(answer)
-    by_heading = [_heading_match(names, c["section"]) for c in chunks]
-    top = max(by_heading, default=0)
-    if top:
-        return [i + 1 for i, m in enumerate(by_heading) if m == top][:2]
     said = _shingles(answer)
-    shared = [len(said & _shingles(" ".join(c["section"]) + "\n" + c["text"])) for c in chunks]
-    best = max(shared, default=0)
-    if best < ATTRIBUTION_MIN:
+    keys = [(_heading_match(names, c["section"]),
+             len(said & _shingles(" ".join(c["section"]) + "\n" + c["text"]))) for c in chunks]
+    if not keys:
         return []
-    return sorted((i + 1 for i, n in enumerate(shared) if 2 * n >= best), key=lambda n: -shared[n - 1])[:2]
+    best = max(range(len(keys)), key=lambda i: (keys[i], -i))  # ties: the better-ranked source
+    level, shared = keys[best]
+    return [best + 1] if level or shared >= ATTRIBUTION_MIN else []
 
 
 def needs_citation(text: str, n_sources: int) -> bool:
@@ -562,7 +565,7 @@ class RAG:
         return self.llm.stream(ids, **kwargs) if stream else self.llm.generate(ids, **kwargs)
 
     def citation_line(self, text: str, retrieved: List[Tuple[dict, float]]) -> str:
-        """"\n\nSource: [n]" (or "Sources: [n, m]") naming the sources `attribute` finds behind `text`, when
+        """"\n\nSource: [n]" naming the source `attribute` finds behind `text`, when
         `text` cites none of them and is not a refusal; "" otherwise or when this RAG does not cite
         (cite=False). `retrieved` is what the prompt was built from (its first len(sources) entries)."""
         if not self.cite or not needs_citation(text, len(retrieved)):
@@ -570,7 +573,7 @@ class RAG:
         found = attribute(text, retrieved)
         if not found:
             return ""
-        return f"\n\n{'Sources' if len(found) > 1 else 'Source'}: [{', '.join(map(str, found))}]"
+        return f"\n\nSource: [{found[0]}]"
 
     def below_floor(self, retrieved, min_score: Optional[float] = None) -> bool:
         """True when nothing retrieved scores min_score (default: self.min_score) or more: the question is
