@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgeai.distill.data import Document, read_documents, token_sequences
-from edgeai.distill.student import check_same_tokenizer, keep_layers, kept_layers, student_source
+from edgeai.distill.student import (check_same_tokenizer, keep_layers, kept_layers, parse_layer_list,
+                                    student_source)
 from edgeai.distill.targets import MANIFEST, Targets, build_targets
 from edgeai.evaluate.fidelity import Reference
 from edgeai.tokenizer import Tokenizer
@@ -143,6 +144,22 @@ def test_layers_student_copies_the_teacher(teacher):
     assert not any(k.startswith("model.layers.2.") for k in s.tensors)
     with pytest.raises(ValueError, match="write layers:N"):
         student_source("layers:x", folder)
+    s, desc = student_source("layers:0-1,3", folder)  # an explicit list: the ends kept whole
+    assert desc["layers"] == [0, 1, 3] and s.config.num_layers == 3
+    np.testing.assert_array_equal(s.tensors["model.layers.2.self_attn.q_proj.weight"],
+                                  src.tensors["model.layers.3.self_attn.q_proj.weight"])
+    with pytest.raises(ValueError, match="has layers 0-3"):
+        student_source("layers:0,4", folder)
+
+
+def test_parse_layer_list():
+    assert parse_layer_list("0-6,15,23-29", 30) == [0, 1, 2, 3, 4, 5, 6, 15, 23, 24, 25, 26, 27, 28, 29]
+    assert parse_layer_list("2", 4) == [2] and parse_layer_list(" 0 , 2-3", 4) == [0, 2, 3]
+    for bad, msg in (("", "write indices and ranges"), ("0,,2", "write indices"), ("3-1", "end is below"),
+                     ("0-2,2", "each layer once"), ("2,1", "ascending"), ("0,30", "layers 0-29"),
+                     ("-1", "write indices")):
+        with pytest.raises(ValueError, match=msg):
+            parse_layer_list(bad, 30)
 
 
 def test_student_must_share_the_tokenizer(teacher, tiny_llm):
