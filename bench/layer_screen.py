@@ -17,6 +17,8 @@ import time
 def ends(n: int, k: int, total: int) -> list:
     """The first k and last k of n layers kept whole, and total - 2k more evenly spread between them."""
     middle = total - 2 * k
+    if k < 0 or middle < 0 or total > n:
+        raise ValueError(f"cannot keep {k} layers at each end and {total} in all out of {n}")
     inner = [k + int(round((i + 0.5) * (n - 2 * k) / middle - 0.5)) for i in range(middle)]
     return list(range(k)) + inner + list(range(n - k, n))
 
@@ -26,12 +28,13 @@ def candidates(n: int) -> dict:
     from edgeai.distill.student import kept_layers
 
     half, two_thirds = n // 2, 2 * n // 3
+    k2, k4 = min(2, half // 2), min(4, half // 2)
     return {
         f"layers:{n // 4 + 1} (even)": kept_layers(n, n // 4 + 1),
         f"layers:{half} (even)": kept_layers(n, half),
         f"first {half - 1} + last": list(range(half - 1)) + [n - 1],
-        f"ends 2+2, even between ({half})": ends(n, 2, half),
-        f"ends 4+4, even between ({half})": ends(n, 4, half),
+        f"ends {k2}+{k2}, even between ({half})": ends(n, k2, half),
+        f"ends {k4}+{k4}, even between ({half})": ends(n, k4, half),
         f"ends {(half - 1) // 2}+{(half - 1) // 2}, one between ({half})": ends(n, (half - 1) // 2, half),
         f"layers:{two_thirds} (even)": kept_layers(n, two_thirds),
         f"ends {two_thirds // 2}+{two_thirds // 2} ({two_thirds})": ends(n, two_thirds // 2, two_thirds),

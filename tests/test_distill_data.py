@@ -206,3 +206,20 @@ def test_command_without_torch_says_what_to_install(tmp_path, monkeypatch, capsy
     assert main(["distill", "smollm2-135m", "layers:4", str(tmp_path / "out"), "--data", str(tmp_path / "a.txt")]) == 1
     assert "pip install 'edgeai[distill]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_layer_screen_candidates():
+    """bench/layer_screen.py's layer sets: the sizes they say, each layer once, ascending, within the teacher."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from layer_screen import candidates, ends
+
+    assert ends(30, 7, 15) == parse_layer_list("0-6,15,23-29", 30)
+    assert ends(30, 10, 20) == parse_layer_list("0-9,20-29", 30)
+    sets = candidates(30)
+    assert [len(v) for v in sets.values()] == [8, 15, 15, 15, 15, 15, 20, 20]
+    for n in (6, 30):
+        for name, layers in candidates(n).items():
+            assert layers == sorted(set(layers)) and layers[0] == 0 and layers[-1] == n - 1, (n, name, layers)
