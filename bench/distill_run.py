@@ -12,6 +12,9 @@ Runs, each as its own process (children of this one, so `nice -n 19 python ...` 
      edgeai distill ... --alpha 0       (cross-entropy only; same student, data, steps, learning rate, seed)
   2. the untrained `layers:N` student, converted the same way (the starting point of both)
   3. edgeai eval fidelity of each against the teacher on the held-out text (one saved reference)
+  4. each student as the teacher's speculative-decoding draft (bench/speculative_bench.py's draft_acceptance):
+     greedy, --gamma proposals every round, on held-out page openings and chat questions; acceptance, tokens
+     per target step, and whether the greedy tokens equal the teacher's alone
 The work folders keep targets and checkpoints, and finished models and scores are kept, so a rerun resumes
 (add --resume to continue training).
 
@@ -19,10 +22,13 @@ The work folders keep targets and checkpoints, and finished models and scores ar
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def start(cmd, log):
@@ -62,11 +68,27 @@ def untrained(teacher, spec, out, quant):
                    quant=quant, distill_info={"student": desc, "train": {"steps": 0}}, progress=False)
 
 
+def draft_prompts(teacher, held: list, n_text: int, n_chat: int, chars: int = 250) -> list:
+    """[(kind, token ids)]: the openings of held-out module pages (the student continues unseen text of its
+    training domain) and chat questions rendered with the teacher's template (off its training domain)."""
+    from speculative_bench import CHAT
+
+    from edgeai.evaluate.fidelity import resolve
+    from edgeai.retrieval.pydoc_corpus import build_corpus
+    from edgeai.retrieval.rag import chat_token_ids, plain_copy
+    from edgeai.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_folder(resolve(teacher))
+    texts = [(build_corpus() / f"{name}.md").read_text()[:chars] for name in held[:n_text]]
+    return ([("text", tok.encode(t)) for t in texts]
+            + [("chat", chat_token_ids(tok, [{"role": "user", "content": q}], plain_copy(tok))) for q in CHAT[:n_chat]])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--teacher", default="smollm2-135m")
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--layers", default="8", help="N (layers:N) or a layer list such as 0-6,15,23-29")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -75,6 +97,15 @@ def main():
     ap.add_argument("--chars", type=int, default=300)
     ap.add_argument("--quant", default="q8")
     ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per training process (the two run at once: 1 each on 2 cores)")
+    ap.add_argument("--save-every", type=int, default=5)
+    ap.add_argument("--draft-prompts", type=int, default=12, help="half held-out page openings, half chat")
+    ap.add_argument("--draft-tokens", type=int, default=48, help="max_new_tokens of each draft-stage answer")
+    ap.add_argument("--gamma", type=int, default=4, help="draft proposals per target step (fixed)")
+    ap.add_argument("--eval-only", default=None, metavar="NAMES",
+                    help="no training: score and try as drafts only these finished models (e.g. untrained,ce "
+                         "while kd still trains)")
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args()
     out = Path(a.out)
@@ -84,17 +115,20 @@ def main():
     held = split_corpus(out, a.chars)
     spec = f"layers:{a.layers}"
     common = ["--data", out / "train.txt", "--steps", a.steps, "--batch", a.batch, "--seq-len", a.seq_len,
-              "--lr", a.lr, "--quant", a.quant, "--save-every", 5] + (["--resume"] if a.resume else [])
+              "--lr", a.lr, "--quant", a.quant, "--save-every", a.save_every] + (["--resume"] if a.resume else []) + (
+                  ["--threads", a.threads] if a.threads else [])
     runs = [(name, start(["edgeai", "distill", a.teacher, spec, out / name, "--alpha", alpha,
                           "--json", out / f"{name}.json"] + common, out / f"{name}.log"))
-            for name, alpha in (("kd", a.alpha), ("ce", 0.0)) if not (out / name / "edgeai.json").is_file()]
+            for name, alpha in (("kd", a.alpha), ("ce", 0.0))
+            if not (out / name / "edgeai.json").is_file() and a.eval_only is None]
     for name, proc in runs:
         if proc.wait():
             raise SystemExit(f"edgeai distill ({name}) failed: see {out / name}.log")
     untrained(a.teacher, spec, out / "untrained", a.quant)
     ref = out / "reference.npz"
     results = {}
-    for name in ("untrained", "ce", "kd"):
+    names = a.eval_only.split(",") if a.eval_only else ["untrained", "ce", "kd"]
+    for name in names:
         args = ["--reference", ref] if ref.is_file() else ["--reference", a.teacher, "--save-reference", ref]
         if not (out / f"fidelity-{name}.json").is_file():
             sh(["edgeai", "eval", "fidelity", *args, "--candidate", out / name, "--text", out / "heldout.txt",
@@ -111,7 +145,23 @@ def main():
                              "wall_seconds": r["wall_seconds"], "teacher_target_seconds": r["teacher_target_seconds"]}
                          for n, r in runs.items()},
                "bench_wall_seconds": round(time.perf_counter() - t_all, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    # 4. each student as a speculative-decoding draft for the teacher (greedy, fixed gamma)
+    #    (one model per call and file, so a rerun, or an --eval-only run beside training, keeps what is done)
+    from speculative_bench import draft_acceptance
+
+    n_text = a.draft_prompts // 2
+    prompts = draft_prompts(a.teacher, held, n_text, a.draft_prompts - n_text)
+    summary["draft"] = {}
+    for name in names:
+        path = out / f"draft-{name}.json"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            r = draft_acceptance(a.teacher, {name: out / name}, prompts, max_new_tokens=a.draft_tokens,
+                                 gamma=a.gamma)[name]
+            path.write_text(json.dumps({**r, "seconds": round(time.perf_counter() - t0, 1),
+                                        "load_average": os.getloadavg()}, indent=1))
+        summary["draft"][name] = json.loads(path.read_text())
+    (out / ("summary-eval-only.json" if a.eval_only else "summary.json")).write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -178,6 +178,49 @@ def summarize(rows, a) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- a draft's acceptance at fixed gamma
+
+def draft_acceptance(target, drafts: dict, prompts: list, max_new_tokens: int = 48, gamma: int = 4,
+                     threads=None, context=None) -> dict:
+    """How often the target accepts each draft's proposals: greedy, every round `gamma` proposals from the draft
+    model (fixed_draft: no prompt lookup, no adaptation, so weak and strong drafts are measured the same way;
+    the engine's policy would switch a weak draft off after a few rounds). `drafts`: {name: model folder};
+    `prompts`: [(kind, token ids)]. Per draft: acceptance (accepted / proposed), tokens per target step
+    (generated tokens after the first / target steps), both overall and by prompt kind, and the prompts whose
+    greedy tokens differ from the target alone's (none on fp32 by construction; on q4 a multi-token step
+    rounds int8 activations differently from a one-token step, so a near-tie can fall the other way)."""
+    from edgeai.llm import LLM
+
+    with LLM(target, threads=threads, context_length=context, prompt_lookup=0) as alone:
+        reference = [alone.generate(ids, max_new_tokens=max_new_tokens).token_ids for _, ids in prompts]
+    out = {}
+    for name, folder in drafts.items():
+        with LLM(target, threads=threads, context_length=context, draft=folder) as spec:
+            rows = []
+            for (kind, ids), want in zip(prompts, reference):
+                g = spec.generate(ids, max_new_tokens=max_new_tokens, prompt_lookup=gamma, fixed_draft=True)
+                s = g.timings["speculative"]
+                diverge = next((i for i, (a, b) in enumerate(zip(g.token_ids, want)) if a != b),
+                               None if len(g.token_ids) == len(want) else min(len(g.token_ids), len(want)))
+                rows.append(dict(kind=kind, proposed=s["model_proposed"], accepted=s["model_accepted"],
+                                 steps=s["target_steps"], tokens=len(g.token_ids) - 1, diverges_at=diverge))
+        print(f"draft {name}: " + ", ".join(f"{r['accepted']}/{r['proposed']}" for r in rows), file=sys.stderr,
+              flush=True)
+
+        def totals(rs):
+            proposed, accepted = sum(r["proposed"] for r in rs), sum(r["accepted"] for r in rs)
+            return {"acceptance": accepted / proposed if proposed else None, "proposed": proposed,
+                    "accepted": accepted, "steps": sum(r["steps"] for r in rs),
+                    "tokens_per_target_step": sum(r["tokens"] for r in rs) / max(1, sum(r["steps"] for r in rs))}
+
+        out[name] = {**totals(rows), "by_kind": {k: totals([r for r in rows if r["kind"] == k])
+                                                 for k in dict.fromkeys(r["kind"] for r in rows)},
+                     "greedy_mismatches": sum(r["diverges_at"] is not None for r in rows),
+                     "diverges_at": [r["diverges_at"] for r in rows], "prompts": len(rows),
+                     "gamma": gamma, "max_new_tokens": max_new_tokens}
+    return out
+
+
 # ---------------------------------------------------------------- llama.cpp peer (runs in the peer's Python)
 
 def peer_worker(spec: dict) -> dict:

@@ -73,7 +73,7 @@ void bind_engine(py::module_& m) {
                             py::handle eos_ids, py::handle num_beams, float length_penalty,
                             EarlyStopping early_stopping, py::handle num_return_sequences, bool use_prompt_cache,
                             py::object on_token, py::handle draft_tokens, Engine* draft, double draft_cost,
-                            double verify_cost, py::handle draft_window, py::handle seed) {
+                            double verify_cost, py::handle draft_window, py::handle seed, bool fixed_draft) {
             constexpr int kMax = std::numeric_limits<int32_t>::max();
             const std::vector<int32_t> ids = int32_list(prompt, "prompt token id");
             GenerateParams p;
@@ -92,6 +92,7 @@ void bind_engine(py::module_& m) {
             p.verify_cost = verify_cost;
             p.draft_window = integer<int>(draft_window, "draft_window", 0, kMax);
             p.seed = integer<uint64_t>(seed, "seed");
+            p.fixed_draft = fixed_draft;
             const TokenCallback cb = token_callback(on_token);
             GenerateResult r;
             {
@@ -103,7 +104,8 @@ void bind_engine(py::module_& m) {
            py::arg("num_beams") = 1, py::arg("length_penalty") = 1.0f, py::arg("early_stopping") = EarlyStopping::kHeuristic,
            py::arg("num_return_sequences") = 1, py::arg("use_prompt_cache") = true, py::arg("on_token") = py::none(),
            py::arg("draft_tokens") = 0, py::arg("draft") = nullptr, py::arg("draft_cost") = 0.4,
-           py::arg("verify_cost") = 0.1, py::arg("draft_window") = 0, py::arg("seed") = 0)
+           py::arg("verify_cost") = 0.1, py::arg("draft_window") = 0, py::arg("seed") = 0,
+           py::arg("fixed_draft") = false)
         .def("cancel", &Engine::cancel,
              "Stop the generation in flight at its next token, and every request already queued (any thread).")
         .def("clear_cache", [](Engine& e) { py::gil_scoped_release r; e.clear_cache(); })

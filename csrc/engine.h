@@ -53,6 +53,10 @@ struct GenerateParams {
     Engine* draft = nullptr;
     double draft_cost = 0.4, verify_cost = 0.1;
     int draft_window = 0;
+    // fixed_draft: measure the draft model itself (bench/): it proposes min(draft_tokens, room) tokens every
+    // round, with no prompt lookup and no adaptation, so its acceptance is comparable across drafts (the
+    // policy would switch a weak draft off after a few rounds). The output is the same either way.
+    bool fixed_draft = false;
     uint64_t seed = 0;
 };
 

@@ -258,10 +258,11 @@ void Engine::speculative_loop(const std::vector<int32_t>& prompt, SamplerChain* 
         // Next proposals: never past the tokens still wanted or the end of either context.
         const int room = std::min(p.max_new_tokens - static_cast<int>(out.size()) - 1, kv_.max_seq() - pos - 2);
         const int model_room = std::min(room, draft.room(history.size()));
-        props = prompt_lookup_draft(history, std::min(p.draft_tokens, room));
+        props = p.fixed_draft ? std::vector<int32_t>() : prompt_lookup_draft(history, std::min(p.draft_tokens, room));
         from_model = false;
-        if (!policy.prefer_lookup(static_cast<int>(props.size()), model_room)) {
-            const int n = policy.model_tokens(model_room);
+        if (p.fixed_draft || !policy.prefer_lookup(static_cast<int>(props.size()), model_room)) {
+            const int n = p.fixed_draft ? std::max(0, std::min(p.draft_tokens, model_room))
+                                        : policy.model_tokens(model_room);
             if (n > 0) {
                 if (!draft.started()) draft.start(prompt, p.use_prompt_cache, p.draft_window);
                 props = draft.propose(history, n, chain, greedy, rng, q, is_cancelled);

@@ -33,7 +33,7 @@ Prompt = Union[str, Sequence[int]]
 _SAMPLING_FIELDS = set(SamplingParams.__dataclass_fields__)
 _GENERATION_DEFAULTS = dict(max_new_tokens=256, stop=None, num_beams=1, length_penalty=1.0,
                             num_return_sequences=1, early_stopping=False, use_prompt_cache=True, truncate=None,
-                            prompt_lookup=None)
+                            prompt_lookup=None, fixed_draft=False)
 MAX_PROMPT_LOOKUP = 16
 # Speculative decoding's policy inputs (csrc/speculative.h). VERIFY_COST: what each extra token fed to a target
 # step adds to it, in one-token steps; the int8-activation MatMulNBits kernels on AVX2 are close to compute-bound
@@ -309,6 +309,8 @@ class LLM:
             raise ValueError("early_stopping must be True, False or 'never'")
         if gen["truncate"] not in (None, "left"):
             raise ValueError("truncate must be None or 'left'")
+        if not isinstance(gen["fixed_draft"], bool):
+            raise ValueError(f"fixed_draft must be True or False, got {gen['fixed_draft']!r}")
         k = self.prompt_lookup if gen["prompt_lookup"] is None else _checked_prompt_lookup(gen["prompt_lookup"])
         gen["prompt_lookup"] = k if getattr(self._forward, "multi_logits", False) else 0  # older folders: none
         return params, gen
@@ -358,7 +360,8 @@ class LLM:
                                   _EARLY[gen["early_stopping"]], gen["num_return_sequences"],
                                   gen["use_prompt_cache"], None if beams else on_token,
                                   0 if beams else gen["prompt_lookup"], draft=draft, draft_cost=self.draft_cost,
-                                  verify_cost=VERIFY_COST, draft_window=DRAFT_WINDOW, seed=seed)
+                                  verify_cost=VERIFY_COST, draft_window=DRAFT_WINDOW, seed=seed,
+                                  fixed_draft=gen["fixed_draft"])
         if not beams:
             tail, _ = stop.feed(stream.flush(), final=True)
             if tail and on_text is not None:

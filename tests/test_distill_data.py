@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgeai.distill.data import Document, read_documents, token_sequences
-from edgeai.distill.student import check_same_tokenizer, keep_layers, kept_layers, student_source
+from edgeai.distill.student import (check_same_tokenizer, keep_layers, kept_layers, parse_layer_list,
+                                    student_source)
 from edgeai.distill.targets import MANIFEST, Targets, build_targets
 from edgeai.evaluate.fidelity import Reference
 from edgeai.tokenizer import Tokenizer
@@ -143,6 +144,22 @@ def test_layers_student_copies_the_teacher(teacher):
     assert not any(k.startswith("model.layers.2.") for k in s.tensors)
     with pytest.raises(ValueError, match="write layers:N"):
         student_source("layers:x", folder)
+    s, desc = student_source("layers:0-1,3", folder)  # an explicit list: the ends kept whole
+    assert desc["layers"] == [0, 1, 3] and s.config.num_layers == 3
+    np.testing.assert_array_equal(s.tensors["model.layers.2.self_attn.q_proj.weight"],
+                                  src.tensors["model.layers.3.self_attn.q_proj.weight"])
+    with pytest.raises(ValueError, match="has layers 0-3"):
+        student_source("layers:0,4", folder)
+
+
+def test_parse_layer_list():
+    assert parse_layer_list("0-6,15,23-29", 30) == [0, 1, 2, 3, 4, 5, 6, 15, 23, 24, 25, 26, 27, 28, 29]
+    assert parse_layer_list("2", 4) == [2] and parse_layer_list(" 0 , 2-3", 4) == [0, 2, 3]
+    for bad, msg in (("", "write indices and ranges"), ("0,,2", "write indices"), ("3-1", "end is below"),
+                     ("0-2,2", "each layer once"), ("2,1", "ascending"), ("0,30", "layers 0-29"),
+                     ("-1", "write indices")):
+        with pytest.raises(ValueError, match=msg):
+            parse_layer_list(bad, 30)
 
 
 def test_student_must_share_the_tokenizer(teacher, tiny_llm):
@@ -189,3 +206,20 @@ def test_command_without_torch_says_what_to_install(tmp_path, monkeypatch, capsy
     assert main(["distill", "smollm2-135m", "layers:4", str(tmp_path / "out"), "--data", str(tmp_path / "a.txt")]) == 1
     assert "pip install 'edgeai[distill]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_layer_screen_candidates():
+    """bench/layer_screen.py's layer sets: the sizes they say, each layer once, ascending, within the teacher."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from layer_screen import candidates, ends
+
+    assert ends(30, 7, 15) == parse_layer_list("0-6,15,23-29", 30)
+    assert ends(30, 10, 20) == parse_layer_list("0-9,20-29", 30)
+    sets = candidates(30)
+    assert [len(v) for v in sets.values()] == [8, 15, 15, 15, 15, 15, 20, 20]
+    for n in (6, 30):
+        for name, layers in candidates(n).items():
+            assert layers == sorted(set(layers)) and layers[0] == 0 and layers[-1] == n - 1, (n, name, layers)

@@ -77,6 +77,25 @@ def test_bad_draft_arguments():
         target.generate(PROMPT, None, 8, [], 2, draft=engine(64), draft_tokens=2)
 
 
+@pytest.mark.parametrize("gamma", [1, 3, 8])
+def test_fixed_draft_proposes_gamma_every_round(gamma):
+    """fixed_draft (a draft's own measurement): the model proposes min(gamma, room) every round, never prompt
+    lookup, and is not switched off when it keeps missing; the output is still the target's."""
+    target, far = engine(64, 3), engine(64, 5)
+    plain = target.generate(PROMPT, greedy(), 40, [])
+    fixed = run(target, far, greedy(), gamma, max_new_tokens=40, fixed_draft=True)
+    adaptive = run(target, far, greedy(), gamma, max_new_tokens=40)
+    assert fixed["sequences"] == plain["sequences"] == adaptive["sequences"]
+    s = fixed["speculative"]
+    assert s["lookup_proposed"] == 0 and s["lookup_rounds"] == 0
+    assert s["model_rounds"] == s["rounds"] - s["steps_by_width"][1]
+    # narrower rounds only at the end, where fewer than gamma tokens are still wanted (the last has none)
+    assert sum(s["steps_by_width"][1:gamma + 1]) <= gamma and s["steps_by_width"][gamma + 1] > 0
+    assert s["model_accepted"] < s["model_proposed"]  # the far draft misses ...
+    a = adaptive["speculative"]  # ... so the adaptive policy stops asking it, and prompt lookup takes over
+    assert a["model_proposed"] < s["model_proposed"] and a["lookup_proposed"] > 0
+
+
 def _fake_logits(tokens, vocab, repeat_period):
     """FakeForward's logits after `tokens` (csrc/forward.cpp), in float64."""
     h = 0.0
@@ -322,3 +341,31 @@ def test_draft_window_changes_proposals_never_the_output():
     a = target.generate(prompt, chain(), 40, draft_tokens=4, draft=draft, draft_window=20, seed=9)
     b = engine(64, 3).generate(prompt, chain(), 40, draft_tokens=4, draft=engine(64, 3), draft_window=20, seed=9)
     assert a["sequences"] == b["sequences"]
+
+
+def test_draft_acceptance_bench(pair):
+    """bench/speculative_bench.py's draft_acceptance (the draft stage of bench/distill_run.py): every round asks
+    the draft, its counts add up (each token after the first is a target step's own or an accepted proposal),
+    the close draft is accepted at least as often as the far one, and on an fp32 target the greedy tokens equal
+    the target alone's. (Random tiny models fall into short loops, so even the far draft often agrees.)"""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from speculative_bench import draft_acceptance
+
+    target, close, far = pair
+    with LLM(target) as llm:
+        prompts = [("text", llm.tokenizer.encode(t)) for t in ("hello world, this is", "def f(x): return x")]
+        prompts.append(("chat", llm.tokenizer.encode("the heap queue algorithm")))
+    r = draft_acceptance(target, {"close": close, "far": far}, prompts, max_new_tokens=30, gamma=3)
+    for name in ("close", "far"):
+        assert r[name]["greedy_mismatches"] == 0 and r[name]["prompts"] == 3
+        assert r[name]["proposed"] >= 3 * 5  # every round asks the draft, weak or not
+        assert set(r[name]["by_kind"]) == {"text", "chat"}
+        steps = r[name]["steps"]
+        assert r[name]["tokens_per_target_step"] == pytest.approx((steps + r[name]["accepted"]) / steps)
+        assert sum(k["proposed"] for k in r[name]["by_kind"].values()) == r[name]["proposed"]
+    assert r["close"]["acceptance"] >= r["far"]["acceptance"] and r["close"]["acceptance"] > 0.9
+    with LLM(target, draft=close) as spec, pytest.raises(ValueError, match="fixed_draft"):
+        spec.generate("hello", max_new_tokens=4, fixed_draft="yes")

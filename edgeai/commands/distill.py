@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
                                    "student to OUT. The teacher runs in edgeai's runtime; training needs torch.")
     p.add_argument("teacher", help="teacher model folder or name (e.g. smollm2-135m)")
     p.add_argument("student", help="layers:N (the teacher keeping N of its layers: first, last and evenly spaced "
-                                   "between) or a smaller model sharing the teacher's tokenizer")
+                                   "between), layers:0-6,15,23-29 (the layers named), or a smaller model sharing "
+                                   "the teacher's tokenizer")
     p.add_argument("out", help="output model folder")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE",
                    help='plain-text files, or .jsonl with {"prompt","completion"}, {"messages"} or {"text"} lines')

@@ -9,6 +9,11 @@ a middle layer (layer-pruning studies, e.g. Gromov et al. 2024 "The Unreasonable
 Layers", find consecutive middle layers the most redundant). Even spacing keeps the depth-wise progression of
 the residual stream, so each kept layer sees inputs like the ones it was trained on, and distillation has
 less to repair.
+
+`layers:0-6,15,23-29` names the kept layers instead (ranges and single indices, ascending). Measured on
+SmolLM2-135M (30 layers, held-out pydoc text, untrained copies, docs/distill.md): keeping the ends whole starts
+far closer to the teacher than even spacing at the same depth (15 layers: KL 4.9 with 0-6,15,23-29 against
+11.3 evenly spaced), since the first and last few layers each do work no other layer repeats.
 """
 from __future__ import annotations
 
@@ -29,6 +34,24 @@ def kept_layers(num_layers: int, n: int) -> list:
     if n == 1:
         return [0]
     return [int(round(x)) for x in np.linspace(0, num_layers - 1, n)]
+
+
+def parse_layer_list(text: str, num_layers: int) -> list:
+    """The layer indices of an explicit list such as "0-6,15,23-29" (ascending, each in [0, num_layers))."""
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if m is None:
+            raise ValueError(f"bad layer list {text!r}: write indices and ranges such as 0-6,15,23-29")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo:
+            raise ValueError(f"bad layer range {part!r} in {text!r}: the end is below the start")
+        out.extend(range(lo, hi + 1))
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"layer list {text!r} must name each layer once, in ascending order")
+    if out[-1] >= num_layers:
+        raise ValueError(f"layer list {text!r} names layer {out[-1]}, but the teacher has layers 0-{num_layers - 1}")
+    return out
 
 
 def keep_layers(source: SourceModel, layers: list) -> SourceModel:
@@ -90,13 +113,15 @@ def student_source(spec: str, teacher) -> tuple:
 
     teacher = resolve(teacher)
     m = re.fullmatch(r"layers:(\d+)", str(spec))
-    if m:
+    listed = re.fullmatch(r"layers:([\d,\- ]*[,\-][\d,\- ]*)", str(spec))
+    if m or listed:
         src = model_source(teacher)
-        layers = kept_layers(src.config.num_layers, int(m.group(1)))
+        n = src.config.num_layers
+        layers = kept_layers(n, int(m.group(1))) if m else parse_layer_list(listed.group(1), n)
         return keep_layers(src, layers), {"spec": spec, "from": "teacher", "layers": layers,
                                           "teacher_layers": src.config.num_layers}
     if str(spec).startswith("layers"):
-        raise ValueError(f"bad student {spec!r}: write layers:N with N a number of teacher layers to keep")
+        raise ValueError(f"bad student {spec!r}: write layers:N with N a number of teacher layers to keep, or layers:0-6,15,23-29 to name them")
     src = model_source(spec)
     t_cfg = json.loads((teacher / "edgeai.json").read_text(encoding="utf-8"))["config"]
     check_same_tokenizer((teacher / "tokenizer.json").read_text(encoding="utf-8"), src, t_cfg["vocab_size"])
