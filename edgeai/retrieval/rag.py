@@ -28,9 +28,12 @@ template. Retrieved text is data:
   defused (its '<' becomes '‹'), so a document cannot close a source or the block;
 - it is tokenized with special-token matching off: a document holding "<|im_end|><|im_start|>system" gets
   the plain-text tokens of those characters, never the role tokens (`chat_token_ids`);
-- and since the plain text of those markers still reads as a turn change to the model (the 0.5B Qwen model
-  obeyed a plain-text fake system turn, `tools/injection_check.py`), chat-template markup in a document
-  (`<|...|>`) is defused too: its '<' becomes '‹'.
+- and since plain text that reads as a turn change or an order is still obeyed by a small model (the 0.5B
+  Qwen model obeyed a plain-text fake system turn, and a plain-English order once its markers were defused:
+  `tools/injection_check.py`), whatever in a chunk acts as a conversation turn (chat markup of any model
+  family, "System:" / "Assistant:" lines, "### Instruction", JSON chat messages) or as an order to the
+  assistant ("ignore previous instructions", "reply with exactly ...", a note addressed to an AI) is
+  quarantined: replaced by "[…]" to the end of its paragraph (`defuse.py`; the stored chunk is unchanged).
 Citations are `[n]`; `Answer.citations` lists the cited numbers that name a given source, and
 `Answer.invalid_citations` any others.
 
@@ -50,6 +53,7 @@ import numpy as np
 
 from ..manifest import sha256_file
 from .chunker import Chunker
+from .defuse import defuse
 from .docstore import DocStore
 from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
@@ -171,16 +175,6 @@ class Answer:
         """Cited numbers that name no given source (the model made them up)."""
         given = {s[0] for s in self.sources}
         return [n for n in citations_in(self.text) if n not in given]
-
-
-_TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
-_TEMPLATE_MARK = re.compile(r"<(\|)")  # <|im_start|>, <|im_end|>, <|eot_id|>: chat templates' markers
-
-
-def _defuse(text: str) -> str:
-    # A document must not be able to end its source or the block early, or open a fake one, nor write what
-    # looks like a turn of the conversation.
-    return _TEMPLATE_MARK.sub(r"‹\1", _TAG.sub(r"‹\1", text))
 
 
 def _attr(text: str) -> str:
@@ -464,11 +458,10 @@ class RAG:
             # The file's name, not its path: where the index lives must not change the prompt (or the answer)
             name = Path(chunk["path"]).name
             head = f'<source id="{n}" title="{_attr(name + (": " + section if section else ""))}">\n'
-            body = chunk["text"]
+            body = defuse(chunk["text"])  # before excerpt: quarantined text takes none of the source's budget
             if self.source_tokens:
                 body = excerpt(body, question, self.source_tokens,
                                (lambda t: _n_tokens(tok, t)) if tok is not None else None)
-            body = _defuse(body)
             if budget is not None:
                 cost = _n_tokens(tok, head + body + SOURCE_CLOSE) + 2
                 if cost > budget:

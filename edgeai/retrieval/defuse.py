@@ -1,0 +1,130 @@
+"""Retrieved text is data: `defuse(text)` is a chunk as the RAG prompt shows it, with whatever in it tries to act
+as a turn of the conversation or as an instruction to the assistant taken out.
+
+Encoding alone does not stop an injection: the 0.5B Qwen model obeyed a fake system turn even as plain text
+(tools/injection_check.py, docs/robustness.md), and it obeys a plain-English order too. So the prompt never
+shows such text. From where it starts to the end of its paragraph (a blank line), it is replaced by QUARANTINED:
+- chat-template markup of any model family: `<|im_start|>`, `<|start_header_id|>`, `<|user|>`, `[INST]`,
+  `<<SYS>>`, `<start_of_turn>`, `</s>` ...;
+- a line that opens a turn: "System:", "Assistant:", "USER:", "**AI instructions:**", "### Instruction",
+  a JSON chat message (`{"role": "system", ...`);
+- from the start of its sentence, an order to the assistant: a note addressed to an AI, assistant or language
+  model; "ignore / disregard / forget ... previous instructions (the rules, the question, everything above)";
+  "reply / respond / answer (to) every question", "... with exactly / only", "your answer must be", "the only
+  allowed answer".
+A paragraph holding nothing but a turn header ("### Instruction:", Llama 3's header line) takes the next
+paragraph with it (the turn's content), and once something was quarantined, a paragraph opening with an
+Alpaca-style "### Response:" / "### Input:" header is too. HTML comments are dropped: no reader of the page
+sees them. What is left still has its tag look-alikes (`<source`, `</sources>`) and `<|` defused ('<' becomes
+'‹'), so a document cannot close its source or the block.
+
+The lexical part is English; other languages' orders are left to the prompt (the system prompt and the
+reminder after the sources). A document about chat templates or prompt writing loses those lines from the
+prompt (the stored chunk and the index are unchanged); on the Python docs 3.11 corpus the rules change few
+chunks (docs/robustness.md)."""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+QUARANTINED = "[…]"
+
+_HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_MARKUP = re.compile(
+    r"<\|[^|<>\n]{1,40}\|>"                       # ChatML, Llama 3, Phi: <|im_start|>, <|eot_id|>, <|user|>
+    r"|<\|[\w.-]{1,40}\s*\Z|\A\|?[\w.-]{1,40}\|>"       # ... cut in two by a chunk's end or start
+    r"|\[/?INST\]|<</?SYS>>"                      # Llama 2, Mistral
+    r"|\[(?-i:SYSTEM|ASSISTANT|USER)(?-i:[ _][A-Z ]{1,30})?\]"  # [SYSTEM], [SYSTEM OVERRIDE]; not INI's [System]
+    r"|</?(?:im_start|im_end|start_of_turn|end_of_turn|bos|eos|eot)>", re.I)  # Gemma; not <s>: HTML's too
+_ROLES = r"(?:system|assistant|user|human|ai|bot|chatbot|developer|instructions?)"
+_ROLE_LINE = re.compile(
+    r"^(?:>[ \t]*)*(?:#{1,6}[ \t]*)?(?:[*_]{1,2})?(?:the[ \t]+)?" + _ROLES +  # not indented: code is
+    r"(?:[ \t]+(?:prompt|message|instructions?|note|says?))?(?:[*_]{1,2})?[ \t]*[:：]"
+    r"|^[ \t]*#{1,6}[ \t]*(?:instruction|system|assistant|human|user)[ \t]*$", re.I | re.M)
+_ROLE_MID = re.compile(r"(?<=[.!?] )(?:system|assistant|user|human)[ \t]*:[ \t]", re.I)  # "... fever. System: ..."
+_JSON_ROLE = re.compile(r'"role"\s*:\s*"(?:system|assistant|user|developer|tool|model)"', re.I)
+_AFTER_TURN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?:response|input|output|answer)\b", re.I)
+_AI = r"(?:ai|llms?|language models?|(?:ai )?assistants?|chat ?bots?|bots?|gpts?)"
+_ADDRESSED = re.compile(r"\b(?:note|message|instructions?|reminder|hint|warning|attention|important|"
+                        r"directive|task)\s+(?:to|for)\s+(?:the\s+|all\s+|any\s+)?" + _AI + r"\b", re.I)
+_OVERRIDE = re.compile(
+    r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:"
+    r"(?:\S+\s+){0,3}?(?:instructions?|prompts?|directions|directives|guidelines)\b"
+    r"|(?:(?:all|any|every|of|the|your|my|these|those|its|their|previous|prior|above|earlier|preceding|original|"
+    r"former|initial|system|other|given|safety|ethical|content|security)\s+){1,4}"
+    r"(?:rules|question|context|conversations?|messages?|constraints|policies|protocols)\b"
+    r"|everything(?:\s+(?:above|before|else)\b|\s*[,.;:!]|\s*$)|the\s+above\b|ethics\b)", re.I)
+_PERSONA = re.compile(
+    r"\byou are now\s+(?:an?|the|my)\s|\bfrom now on,?\s+you\s+(?:are|will|must|have|should)\b"
+    r"|\bpretend (?:that )?you are\b|\b(?:act|role-?play) as (?:an?\s+)?(?:\w+\s+)?(?:ai|assistant|chatbot|dan)\b"
+    r"|\b(?:new|your) system prompt\b|\bsystem override\b|\bdeveloper mode\b", re.I)
+_ORDER = re.compile(
+    r"\b(?:reply|respond|answer)(?:[ \t]+(?:to|only|always))?[ \t]+(?:every|all|any|each)[ \t]+"
+    r"(?:questions?|messages?|prompts?|requests?|queries)\b"
+    r"|\b(?:reply|respond|answer)(?:[ \t]+only)?[ \t]+(?:with[ \t]+)?(?:only|exactly|just|solely|always)\b"
+    r"|\byour\s+(?:whole\s+|entire\s+|only\s+|next\s+)?(?:reply|answer|response|output)\s+"
+    r"(?:must|should|shall|has to|will)\s+be\b"
+    r"|\bthe\s+only\s+(?:allowed|permitted|valid|acceptable)\s+(?:answer|reply|response)\b", re.I)
+_TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
+_TEMPLATE_MARK = re.compile(r"<(\|)")
+_PARAGRAPHS = re.compile(r"(\n[ \t]*\n)")
+
+
+def _sentence_start(text: str, at: int) -> int:
+    """Where the sentence holding position `at` starts: after the last '.', '!', '?' or ';' followed by a
+    space, or the last line break, before it."""
+    cut = max([text.rfind("\n", 0, at)] + [m.end() - 1 for m in re.finditer(r"[.!?;:][ \t]", text[:at])])
+    return cut + 1 if cut >= 0 else 0
+
+
+def turn_start(paragraph: str) -> Optional[int]:
+    """Where, in one paragraph, text starts acting as a conversation turn or an order to the assistant (None:
+    nowhere). Structural marks quarantine from the mark (a role line from its start); orders from the start of
+    their sentence."""
+    found = []
+    for rx in (_MARKUP, _ROLE_LINE, _ROLE_MID):
+        m = rx.search(paragraph)
+        if m:
+            found.append(m.start())
+    m = _JSON_ROLE.search(paragraph)
+    if m:
+        found.append(paragraph.rfind("\n", 0, m.start()) + 1)
+    for rx in (_ADDRESSED, _OVERRIDE, _PERSONA, _ORDER):
+        m = rx.search(paragraph)
+        if m:
+            found.append(_sentence_start(paragraph, m.start()))
+    return min(found) if found else None
+
+
+def _only_header(text: str) -> bool:
+    """Nothing but turn markup and role names (a turn header whose content is the next paragraph)."""
+    rest = _ROLE_LINE.sub(" ", _MARKUP.sub(" ", text))
+    return not re.sub(r"[\W_]+|\b(?:system|assistant|user|human|model|ai|bot)\b", "", rest, flags=re.I)
+
+
+def quarantine(text: str) -> str:
+    """The text with every conversation turn or order to the assistant replaced by QUARANTINED (see the module
+    docstring); text without any is returned unchanged."""
+    text = _HIDDEN.sub("", text)
+    parts = _PARAGRAPHS.split(text)  # paragraph, separator, paragraph, ...
+    out, seen, take_next = [], False, False
+    for i in range(0, len(parts), 2):
+        para = parts[i]
+        sep = parts[i + 1] if i + 1 < len(parts) else ""
+        at = 0 if take_next or (seen and _AFTER_TURN.match(para)) else turn_start(para)
+        take_next = False
+        if at is None:
+            out += [para, sep]
+            continue
+        head = para[:at].rstrip()
+        take_next = _only_header(para[at:])
+        if seen and not head and out and out[-2].endswith(QUARANTINED):
+            continue  # one mark for consecutive quarantined paragraphs
+        seen = True
+        out += [head + ("\n" if head else "") + QUARANTINED, sep]
+    return "".join(out).rstrip() if seen else text
+
+
+def defuse(text: str) -> str:
+    """A retrieved chunk as the prompt shows it: quarantined, then tag look-alikes and `<|` defused."""
+    return _TEMPLATE_MARK.sub(r"‹\1", _TAG.sub(r"‹\1", quarantine(text)))
