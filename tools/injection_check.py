@@ -135,7 +135,7 @@ def run_ask(idx: Path, llm: str, max_new: int, k: int, which: str = "main") -> l
     from edgeai.commands import retrieval
 
     model = LLM(llm)
-    retrieval._load_llm = lambda name: (model, None)  # the same model every time, loaded once
+    retrieval._load_llm = lambda *a, **k: (model, None)  # the same model every time, loaded once
     out = []
     for _, _, q in TOPICS:
         buf = io.StringIO()

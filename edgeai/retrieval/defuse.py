@@ -5,23 +5,27 @@ Encoding alone does not stop an injection: the 0.5B Qwen model obeyed a fake sys
 (tools/injection_check.py, docs/robustness.md), and it obeys a plain-English order too. So the prompt never
 shows such text. From where it starts to the end of its paragraph (a blank line), it is replaced by QUARANTINED:
 - chat-template markup of any model family: `<|im_start|>`, `<|start_header_id|>`, `<|user|>`, `[INST]`,
-  `<<SYS>>`, `<start_of_turn>`, `</s>` ...;
+  `<<SYS>>`, `<start_of_turn>`, `[SYSTEM]` ... (also when a chunk's edge cuts it);
 - a line that opens a turn: "System:", "Assistant:", "USER:", "**AI instructions:**", "### Instruction",
-  a JSON chat message (`{"role": "system", ...`);
+  a JSON chat message (`{"role": "system", ...`), or "System:" right after a sentence;
+- a short label naming the AI or assistant, in English or the commonest European languages ("Note for the
+  AI:", "Hinweis für den Assistenten:", "Instrucción para la IA:"), at a line or sentence start;
 - from the start of its sentence, an order to the assistant: a note addressed to an AI, assistant or language
   model; "ignore / disregard / forget ... previous instructions (the rules, the question, everything above)";
   "reply / respond / answer (to) every question", "... with exactly / only", "your answer must be", "the only
-  allowed answer".
+  allowed answer"; a new persona ("you are now a ...", "pretend you are", "new system prompt").
 A paragraph holding nothing but a turn header ("### Instruction:", Llama 3's header line) takes the next
 paragraph with it (the turn's content), and once something was quarantined, a paragraph opening with an
 Alpaca-style "### Response:" / "### Input:" header is too. HTML comments are dropped: no reader of the page
 sees them. What is left still has its tag look-alikes (`<source`, `</sources>`) and `<|` defused ('<' becomes
 '‹'), so a document cannot close its source or the block.
 
-The lexical part is English; other languages' orders are left to the prompt (the system prompt and the
-reminder after the sources). A document about chat templates or prompt writing loses those lines from the
-prompt (the stored chunk and the index are unchanged); on the Python docs 3.11 corpus the rules change few
-chunks (docs/robustness.md)."""
+Orders are matched in English, plus "ignore / forget ... instructions" in German, French, Spanish, Italian and
+Portuguese; one in another wording or language reaches the model (a reminder after the sources did not stop
+the 0.5B model obeying one: docs/robustness.md). The rules are narrow so that documentation passes unchanged:
+no paragraph of the Python 3.11 docs corpus, nor of /usr/share/doc's and the Python library's text files, is
+touched; a document about chat templates or prompt writing does lose those lines from the prompt (the stored
+chunk and the index are unchanged)."""
 from __future__ import annotations
 
 import re
@@ -47,6 +51,17 @@ _AFTER_TURN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?:response|input|output|answer)\b
 _AI = r"(?:ai|llms?|language models?|(?:ai )?assistants?|chat ?bots?|bots?|gpts?)"
 _ADDRESSED = re.compile(r"\b(?:note|message|instructions?|reminder|hint|warning|attention|important|"
                         r"directive|task)\s+(?:to|for)\s+(?:the\s+|all\s+|any\s+)?" + _AI + r"\b", re.I)
+# The same in the commonest European languages: a short label naming the AI or assistant ("Note for the AI:",
+# "Hinweis für den Assistenten:", "Instrucción para la IA:", "Consigne pour l'IA :"), and "ignore / forget ...
+# instructions".
+_AI_WORD = (r"(?:ai|ia|ki|llms?|gpts?|chat ?bots?|(?:language|sprach|lenguaje|langage|linguagem|linguaggio) ?"
+            r"models?|sprachmodells?|assistant[es]?|assistent(?:en|in)?|asistentes?|assistentes?)")
+_AI_LABEL = re.compile(r"(?:^|(?<=[.!?] ))(?:>[ \t]*)*[*_#]*[ \t]*(?:[^\W\d_]+[ \t'’]+){0,5}?" + _AI_WORD +
+                       r"\b[^\n:：]{0,20}[:：]", re.I | re.M)
+_OVERRIDE_INTL = re.compile(
+    r"\b(?:ignorier\w*|ignora\w*|ignorez|vergiss\w*|vergessen|olvid\w*|oubli\w*|dimentic\w*|esque[cç]\w*)\s+"
+    r"(?:\S+\s+){0,3}?(?:anweisung\w*|instrucci\w*|istruzion\w*|instru[cç]\w*|consignes?|regeln|reglas|"
+    r"r[eè]gles|regole|regras)", re.I)
 _OVERRIDE = re.compile(
     r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:"
     r"(?:\S+\s+){0,3}?(?:instructions?|prompts?|directions|directives|guidelines)\b"
@@ -82,14 +97,14 @@ def turn_start(paragraph: str) -> Optional[int]:
     nowhere). Structural marks quarantine from the mark (a role line from its start); orders from the start of
     their sentence."""
     found = []
-    for rx in (_MARKUP, _ROLE_LINE, _ROLE_MID):
+    for rx in (_MARKUP, _ROLE_LINE, _ROLE_MID, _AI_LABEL):
         m = rx.search(paragraph)
         if m:
             found.append(m.start())
     m = _JSON_ROLE.search(paragraph)
     if m:
         found.append(paragraph.rfind("\n", 0, m.start()) + 1)
-    for rx in (_ADDRESSED, _OVERRIDE, _PERSONA, _ORDER):
+    for rx in (_ADDRESSED, _OVERRIDE, _OVERRIDE_INTL, _PERSONA, _ORDER):
         m = rx.search(paragraph)
         if m:
             found.append(_sentence_start(paragraph, m.start()))
