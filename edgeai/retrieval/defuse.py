@@ -51,20 +51,18 @@ _AFTER_TURN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?:response|input|output|answer)\b
 _AI = r"(?:ai|llms?|language models?|(?:ai )?assistants?|chat ?bots?|bots?|gpts?)"
 _ADDRESSED = re.compile(r"\b(?:note|message|instructions?|reminder|hint|warning|attention|important|"
                         r"directive|task)\s+(?:to|for)\s+(?:the\s+|all\s+|any\s+)?" + _AI + r"\b", re.I)
-# The same in the commonest European languages: a short label naming the AI or assistant ("Note for the AI:",
-# "Hinweis für den Assistenten:", "Instrucción para la IA:", "Consigne pour l'IA :"), and "ignore / forget ...
-# instructions".
+# A short label naming the AI or assistant, in English or the commonest European languages ("Note for the AI:",
+# "Hinweis für den Assistenten:", "Instrucción para la IA:", "Consigne pour l'IA :").
 _AI_WORD = (r"(?:ai|ia|ki|llms?|gpts?|chat ?bots?|(?:language|sprach|lenguaje|langage|linguagem|linguaggio) ?"
             r"models?|sprachmodells?|assistant[es]?|assistent(?:en|in)?|asistentes?|assistentes?)")
 _AI_LABEL = re.compile(r"(?:^|(?<=[.!?] ))(?:>[ \t]*)*[*_#]*[ \t]*(?:[^\W\d_]+[ \t'’]+){0,5}?" + _AI_WORD +
                        r"\b[^\n:：]{0,20}[:：]", re.I | re.M)
-_OVERRIDE_INTL = re.compile(
-    r"\b(?:ignorier\w*|ignora\w*|ignorez|vergiss\w*|vergessen|olvid\w*|oubli\w*|dimentic\w*|esque[cç]\w*)\s+"
-    r"(?:\S+\s+){0,3}?(?:anweisung\w*|instrucci\w*|istruzion\w*|instru[cç]\w*|consignes?|regeln|reglas|"
-    r"r[eè]gles|regole|regras)", re.I)
+# "Ignore / forget ... instructions": English, and German, French, Spanish, Italian, Portuguese verbs and nouns.
 _OVERRIDE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:"
-    r"(?:\S+\s+){0,3}?(?:instructions?|prompts?|directions|directives|guidelines)\b"
+    r"\b(?:ignore|disregard|forget|override|bypass|ignorier\w*|ignora\w*|ignorez|vergiss\w*|vergessen|olvid\w*|"
+    r"oubli\w*|dimentic\w*|esque[cç]\w*)\s+(?:"
+    r"(?:\S+\s+){0,3}?(?:instructions?|prompts?|directions|directives|guidelines|anweisung\w*|instrucci\w*|"
+    r"istruzion\w*|instru[cç]\w*|consignes?|regeln|reglas|r[eè]gles|regole|regras)\b"
     r"|(?:(?:all|any|every|of|the|your|my|these|those|its|their|previous|prior|above|earlier|preceding|original|"
     r"former|initial|system|other|given|safety|ethical|content|security)\s+){1,4}"
     r"(?:rules|question|context|conversations?|messages?|constraints|policies|protocols)\b"
@@ -86,8 +84,8 @@ _PARAGRAPHS = re.compile(r"(\n[ \t]*\n)")
 
 
 def _sentence_start(text: str, at: int) -> int:
-    """Where the sentence holding position `at` starts: after the last '.', '!', '?' or ';' followed by a
-    space, or the last line break, before it."""
+    """Where the sentence (or clause after a colon) holding position `at` starts: after the last '.', '!', '?',
+    ';' or ':' followed by a space, or the last line break, before it."""
     cut = max([text.rfind("\n", 0, at)] + [m.end() - 1 for m in re.finditer(r"[.!?;:][ \t]", text[:at])])
     return cut + 1 if cut >= 0 else 0
 
@@ -104,7 +102,7 @@ def turn_start(paragraph: str) -> Optional[int]:
     m = _JSON_ROLE.search(paragraph)
     if m:
         found.append(paragraph.rfind("\n", 0, m.start()) + 1)
-    for rx in (_ADDRESSED, _OVERRIDE, _OVERRIDE_INTL, _PERSONA, _ORDER):
+    for rx in (_ADDRESSED, _OVERRIDE, _PERSONA, _ORDER):
         m = rx.search(paragraph)
         if m:
             found.append(_sentence_start(paragraph, m.start()))
@@ -119,7 +117,7 @@ def _only_header(text: str) -> bool:
 
 def quarantine(text: str) -> str:
     """The text with every conversation turn or order to the assistant replaced by QUARANTINED (see the module
-    docstring); text without any is returned unchanged."""
+    docstring); text without any is returned unchanged (HTML comments aside)."""
     text = _HIDDEN.sub("", text)
     parts = _PARAGRAPHS.split(text)  # paragraph, separator, paragraph, ...
     out, seen, take_next = [], False, False
