@@ -28,18 +28,21 @@ template. Retrieved text is data:
   defused (its '<' becomes '‹'), so a document cannot close a source or the block;
 - it is tokenized with special-token matching off: a document holding "<|im_end|><|im_start|>system" gets
   the plain-text tokens of those characters, never the role tokens (`chat_token_ids`);
-- and since the plain text of those markers still reads as a turn change to the model (the 0.5B Qwen model
-  obeyed a plain-text fake system turn, `tools/injection_check.py`), chat-template markup in a document
-  (`<|...|>`) is defused too: its '<' becomes '‹'.
+- and since plain text that reads as a turn change or an order is still obeyed by a small model (the 0.5B
+  Qwen model obeyed a plain-text fake system turn, and a plain-English order once its markers were defused:
+  `tools/injection_check.py`), whatever in a chunk acts as a conversation turn (chat markup of any model
+  family, "System:" / "Assistant:" lines, "### Instruction", JSON chat messages) or as an order to the
+  assistant ("ignore previous instructions", "reply with exactly ...", a note addressed to an AI) is
+  quarantined: replaced by "[…]" to the end of its paragraph (`defuse.py`; the stored chunk is unchanged).
 Citations are `[n]`; `Answer.citations` lists the cited numbers that name a given source, and
 `Answer.invalid_citations` any others. Small models rarely write them unasked (the 0.5B Qwen model wrote none
 on the shipped set, whatever the instruction; docs/retrieval.md), so an answer that cites no given source and
 does not refuse ends with a line "Source: [n]" that the pipeline attributes (`attribute`): the source whose
 heading is the API the answer names, or else the source sharing the most word trigrams with the answer, when
-it shares at least ATTRIBUTION_MIN. These citations are
-evidence of where the answer's wording comes from, not the model's own claim; `Answer.attributed` says which
-kind an answer holds. (Asking the model to pick its source after its answer, constrained to the sources'
-digits, picked source [1] for most answers, the csv.reader answer among them: docs/retrieval.md.)
+it shares at least ATTRIBUTION_MIN. These citations are evidence of where the answer comes from, not the
+model's own claim; `Answer.attributed` says which kind an answer holds. (Asking the model instead to pick its
+source after its answer, its next token constrained to the sources' digits, picked [1], the csv overview, for
+the csv.reader answer drawn from [2], and cost one more prefill of the answer.)
 
 Incremental add: a file whose sha256 is unchanged is skipped; a changed file's old chunks are deleted from
 the index and replaced. The SQLite DocStore keeps text and vectors, so the HNSW file can always be rebuilt.
@@ -57,6 +60,7 @@ import numpy as np
 
 from ..manifest import sha256_file
 from .chunker import Chunker
+from .defuse import defuse
 from .docstore import DocStore
 from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
@@ -238,18 +242,8 @@ def attribute(answer: str, retrieved: List[Tuple[dict, float]]) -> List[int]:
 
 
 def needs_citation(text: str, n_sources: int) -> bool:
-    """An answer that names no given source and is not a refusal gets a model-picked source line."""
+    """An answer that names no given source and is not a refusal gets an attributed source line."""
     return n_sources > 0 and not is_refusal(text) and not any(1 <= n <= n_sources for n in citations_in(text))
-
-
-_TAG = re.compile(r"<(/?\s*sources?\b)", re.I)
-_TEMPLATE_MARK = re.compile(r"<(\|)")  # <|im_start|>, <|im_end|>, <|eot_id|>: chat templates' markers
-
-
-def _defuse(text: str) -> str:
-    # A document must not be able to end its source or the block early, or open a fake one, nor write what
-    # looks like a turn of the conversation.
-    return _TEMPLATE_MARK.sub(r"‹\1", _TAG.sub(r"‹\1", text))
 
 
 def _attr(text: str) -> str:
@@ -535,11 +529,10 @@ class RAG:
             # The file's name, not its path: where the index lives must not change the prompt (or the answer)
             name = Path(chunk["path"]).name
             head = f'<source id="{n}" title="{_attr(name + (": " + section if section else ""))}">\n'
-            body = chunk["text"]
+            body = defuse(chunk["text"])  # before excerpt: quarantined text takes none of the source's budget
             if self.source_tokens:
                 body = excerpt(body, question, self.source_tokens,
                                (lambda t: _n_tokens(tok, t)) if tok is not None else None)
-            body = _defuse(body)
             if budget is not None:
                 cost = _n_tokens(tok, head + body + SOURCE_CLOSE) + 2
                 if cost > budget:
