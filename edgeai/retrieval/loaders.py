@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Tuple
 
 log = logging.getLogger("edgeai.retrieval")
+# What the loaders (and sphinx.refine) extract from a file: bump when that changes, so that RAG.add re-chunks
+# files an index holds from an older extraction (2: HTML skips class=nosearch, <title> heading, <h> markers).
+EXTRACT_VERSION = 2
 MAX_BLOCK_CHARS = 4000  # ~1000 tokens of prose: far above any chunk, far below what would strain memory
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
             ".html": "html", ".htm": "html"}
