@@ -190,6 +190,28 @@ def time_variants(paths: dict, texts, embedder, rounds: int, batch_size: int, th
     return rows
 
 
+def op_shares(graph: Path, texts, embedder, batch_size: int, threads: int) -> dict:
+    """Kernel time per operator type (ONNX Runtime's profiler) for one pass of `texts` through `graph`."""
+    import collections
+
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as td:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        so.enable_profiling, so.profile_file_prefix = True, str(Path(td) / "ort")
+        sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        encs = sorted(embedder.tokenizer.encode_batch(texts), key=lambda e: len(e.ids))
+        for a in range(0, len(encs), batch_size):
+            embedder._run(encs[a:a + batch_size], sess)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return {op: round(us / total, 4) for op, us in per_op.most_common()}
+
+
 def main(argv=None) -> int:
     from edgeai.retrieval.embedder import Embedder
 
@@ -204,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--variants", nargs="+", default=["fp32", "dyn-int8", "dyn-int8-keepdown", "q8-nbits"],
                     choices=VARIANTS)
+    ap.add_argument("--ort-profile", action="store_true",
+                    help="also report the fp32 graph's kernel time per operator type on the sample")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not args.docs.is_dir():
@@ -221,6 +245,10 @@ def main(argv=None) -> int:
             from edgeai.pull import source_dir
             paths = build_variants(emb, args.source or source_dir(str(args.model)), args.variants, Path(td))
             rows = time_variants(paths, sample, emb, args.rounds, args.batch, args.threads)
+            if args.ort_profile:
+                result["fp32_op_shares"] = op_shares(paths["fp32"], sample, emb, args.batch, args.threads)
+                print("fp32 kernel time by operator:", ", ".join(
+                    f"{op} {100 * v:.1f}%" for op, v in result["fp32_op_shares"].items() if v >= 0.001))
         result["variants"] = rows
         print(f"{len(sample)} texts, {rows[0]['tokens']} tokens, {args.rounds} interleaved rounds, batch {args.batch},"
               f" load average before {result['load_before'][0]:.1f}, after {os.getloadavg()[0]:.1f}")
