@@ -17,6 +17,8 @@ rounds (order rotated each round), medians; cosine of each variant's vectors to 
   q4-nbits    dense layers as MatMulNBits 4-bit, block 32, asymmetric, int8 compute
   dyn-int8    onnxruntime.quantization.quantize_dynamic, per-channel int8 weights, MatMul only (Attention fp32)
   dyn-int8-keepdown   the same without the FFN down projections (their GELU input has the widest range)
+Note: dynamic quantization scales activations per tensor, i.e. over the whole padded batch, so a text's vector
+from a dyn-int8 graph depends on the other texts batched with it (not shippable as is: docs/indexing.md).
 Speed figures need a quiet box: the load average is printed with them.
 """
 from __future__ import annotations
