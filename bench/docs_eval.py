@@ -129,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quant", default=None)
     ap.add_argument("--index", type=Path, default=None, help="index folder (default: <cache>/bench/index-NAME)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--exclude", nargs="+", default=[], metavar="GLOB",
+                    help="leave pages matching these globs (relative to --docs) out of the results, e.g. aggregate "
+                         "pages that repeat other pages (a query-time filter: the index is the same)")
     ap.add_argument("--lexical-only", action="store_true",
                     help="no embeddings: chunk and index for FTS only, report the lexical mode")
     args = ap.parse_args(argv)
@@ -147,6 +150,13 @@ def main(argv=None) -> int:
     def page(chunk):
         return Path(chunk["path"]).relative_to(docs).as_posix() if chunk["path"].startswith(str(docs)) else None
 
+    if args.exclude and args.lexical_only:
+        raise SystemExit("--exclude needs the full index (not --lexical-only)")
+    if args.exclude:
+        import fnmatch
+        keep = lambda meta: not any(fnmatch.fnmatch(page(meta) or "", g) for g in args.exclude)  # noqa: E731
+        retrieve = rag.retrieve
+        rag.retrieve = lambda q, k=4, mode=None: retrieve(q, k=k, mode=mode, filter=keep)
     res = evaluate(rag, questions, page, lambda item, p: p in item["pages"],
                    modes=("lexical",) if args.lexical_only else MODES)
     print_table(f"{docs} ({len(questions)} questions)", res, build)

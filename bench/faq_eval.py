@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
     ap.add_argument("--whole", action="store_true", help="index the whole doc folder; dense/lexical/hybrid")
+    ap.add_argument("--index", type=Path, default=None,
+                    help="--whole: index folder (default <cache>/bench/index-debian-faq-MODEL)")
     args = ap.parse_args(argv)
     from edgeai.paths import cache_dir
     if args.faq_dir is None:
@@ -102,8 +104,8 @@ def main(argv=None) -> int:
     if args.whole:
         from docs_eval import evaluate as eval_modes, open_index, print_table
         folder = args.faq_dir.resolve().parent  # /usr/share/doc/debian: the FAQ and whatever else is there
-        rag, build = open_index(folder, cache_dir() / "bench" / f"index-debian-faq-{Path(args.model).name}",
-                                args.model, args.quant[0])
+        index = args.index or cache_dir() / "bench" / f"index-debian-faq-{Path(args.model).name}"
+        rag, build = open_index(folder, index, args.model, args.quant[0])
         res = eval_modes(rag, questions, lambda c: section_number(c["section"]),
                          lambda item, s: s == item["section"] or s.startswith(item["section"] + "."))
         print_table(f"{folder} ({len(questions)} questions)", res, build)

@@ -128,3 +128,27 @@ def test_chunks_are_made_lazily_and_capped_in_characters():
     chunks = [first] + list(it)
     assert max(len(c.text) for c in chunks) <= ch.max_chars and len(chunks) == 12
     assert [c.text for c in chunks] == [c.text for c in ch.split(doc)]
+
+
+def test_files_from_an_older_extraction_are_rechunked(tiny_embed_model, tmp_path, monkeypatch):
+    """An index built by an older loader/chunker is re-chunked when its files are added again, even though the
+    files did not change; the store records the new setting only once every file it holds has been redone."""
+    docs = _corpus(tmp_path / "docs", files=3)
+    rag = RAG(None, Embedder(tiny_embed_model), tmp_path / "ix")
+    assert rag.add([docs])["added"] == 3
+    current = rag.chunking_id()
+    assert rag.store.get_meta("chunking") == current
+    assert rag.add([docs])["unchanged"] == 3  # same setting: nothing redone
+
+    rag.store.set_meta("chunking", "extract 1; older")
+    assert rag.add([docs / "p0.md"])["updated"] == 1  # one file redone: the others are still old
+    assert rag.store.get_meta("chunking") == "extract 1; older"
+    stats = rag.add([docs])
+    assert stats["updated"] == 3 and stats["unchanged"] == 0
+    assert rag.store.get_meta("chunking") == current
+    assert rag.add([docs])["unchanged"] == 3
+    _index_matches_store(rag)
+
+    # A changed chunker setting is a different chunking too.
+    other = RAG(None, Embedder(tiny_embed_model), tmp_path / "ix", chunker=Chunker(max_tokens=64, overlap_tokens=8))
+    assert other.chunking_id() != current and other.add([docs])["updated"] == 3

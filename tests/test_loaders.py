@@ -112,3 +112,41 @@ def test_utf8_bom_and_utf16(tmp_path):
     (tmp_path / "b.txt").write_bytes("hello16".encode("utf-16"))
     assert load_file(tmp_path / "a.txt").text == "hello"
     assert load_file(tmp_path / "b.txt").text == "hello16"
+
+
+SQLITE_STYLE = """<html><head><title>CREATE TABLE</title></head><body>
+<div class=nosearch><div class="tagline">Small. Fast. Reliable.<br>Choose any three.</div>
+<div class="menu"><ul><li><a href="index.html">Home</a><li><a href="docs.html">Documentation</a></ul></div></div>
+<div class=fancy><div class=nosearch><div class="fancy_title">CREATE TABLE</div>
+<div class="fancy_toc"><div><a href="#syntax">1. Syntax</a></div><div><a href="#cmd">2. The command</a></div></div>
+</div>
+<h1 id="syntax">1. Syntax</h1><p>create-table-stmt</p>
+<h1 id="cmd">2. The command</h1><p>The "CREATE TABLE" command creates a table.</p>
+<h2>2.1. IF NOT EXISTS</h2><p>No error if it exists.</p>
+<a name="pragma_x"></a><h _id=pragma_x style="display:none"> PRAGMA x</h><p>About x.</p>
+</div></body></html>"""
+
+
+def test_html_skips_nosearch_and_files_sections_under_the_page_title():
+    # SQLite's docs: menu, tagline and table of contents sit in class=nosearch on every page, the page's title
+    # is only in <title>, and several <h1> are its numbered sections; hidden <h> elements mark sub-sections.
+    text, blocks = parse_html(SQLITE_STYLE)
+    assert "Small. Fast" not in text and "Home" not in text and "Documentation" not in text
+    assert _headings(text, blocks) == [(1, "CREATE TABLE"), (2, "1. Syntax"), (2, "2. The command"),
+                                       (3, "2.1. IF NOT EXISTS"), (4, "PRAGMA x")]
+    assert [text[b.start:b.end] for b in blocks if not b.level] == [
+        "create-table-stmt", 'The "CREATE TABLE" command creates a table.', "No error if it exists.", "About x."]
+
+
+def test_html_page_title_kept_out_when_the_body_has_it():
+    # One <h1> is the page's own title; a body heading that starts like the title is it too.
+    one_h1 = "<title>Python docs: csv</title><h1>csv</h1><p>a</p><h2>reader</h2><p>b</p>"
+    _, blocks = parse_html(one_h1)
+    assert [(b.level, b.title) for b in blocks if b.level] == [(1, "csv"), (2, "reader")]
+    said = "<title>Opening A New Database Connection</title><h2>Opening a new database connection</h2><p>x</p>"
+    _, blocks = parse_html(said)
+    assert [(b.level, b.title) for b in blocks if b.level] == [(2, "Opening a new database connection")]
+    # nested elements of the skipped element's own tag do not end the skip early
+    nested = "<div class='x nosearch'><div>menu</div>still menu</div><p>body</p>"
+    text, _ = parse_html(nested)
+    assert text == "body"

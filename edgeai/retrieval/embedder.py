@@ -168,14 +168,15 @@ class Embedder:
             out += [len(e.ids) for e in self._count_tok.encode_batch(texts[i:i + 512], add_special_tokens=False)]
         return out
 
-    def _run(self, encodings) -> np.ndarray:
+    def _run(self, encodings, session=None) -> np.ndarray:
+        """One padded batch through the model (or through `session`, another graph of it: bench/embed_profile)."""
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self._pad_id, np.int64)
         mask = np.zeros((len(encodings), width), np.int64)
         for i, e in enumerate(encodings):
             ids[i, :len(e.ids)] = e.ids
             mask[i, :len(e.ids)] = 1
-        return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return (session or self._session).run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def encode(self, texts, batch_size: int = 32, show_progress: Optional[bool] = None,
                use_cache: bool = True, remember: bool = True) -> np.ndarray:

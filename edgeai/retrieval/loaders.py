@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Tuple
 
 log = logging.getLogger("edgeai.retrieval")
+# What the loaders (and sphinx.refine) extract from a file: bump when that changes, so that RAG.add re-chunks
+# files an index holds from an older extraction (2: HTML skips class=nosearch, <title> heading, <h> markers).
+EXTRACT_VERSION = 2
 MAX_BLOCK_CHARS = 4000  # ~1000 tokens of prose: far above any chunk, far below what would strain memory
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
             ".html": "html", ".htm": "html"}
@@ -195,18 +198,30 @@ def parse_rst(text: str) -> List[Block]:
 
 
 class _HTMLText(HTMLParser):
-    """Visible text of an HTML page; block elements become paragraph breaks, h1-h6 become headings."""
+    """Visible text of an HTML page; block elements become paragraph breaks, h1-h6 become headings.
+
+    Elements whose class says they are not for search (`nosearch`: SQLite's and Fossil's docs put the site menu,
+    the logo's tagline and the page's table of contents in them, repeated on every page) are skipped with
+    everything inside them: otherwise every page's first chunk opens with the same ~40 tokens of menu.
+    SQLite's pages also mark sections for their search with a hidden `<h>` element (pragma.html: one per PRAGMA,
+    74 in one 80 kB page); each becomes a heading one level below the heading it sits under."""
 
     SKIP = {"script", "style", "noscript", "template", "head", "svg"}
     BLOCK = {"p", "div", "li", "ul", "ol", "pre", "table", "tr", "section", "article", "blockquote", "dd", "dt",
              "dl", "br", "hr", "header", "footer", "nav", "main", "aside", "figure", "figcaption", "form"}
+    SKIP_CLASSES = {"nosearch"}
+    VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.items: List[Tuple[int, str]] = []  # (heading level or 0, text)
+        self.title = ""
+        self._in_title = False
         self._buf: List[str] = []
         self._skip = 0
+        self._skip_el: List[List] = []  # [tag, depth] of each open element skipped for its class
         self._heading = 0
+        self._level = 0  # level of the last h1-h6, for `<h>` markers
         self._pre = 0
 
     def _flush(self):
@@ -217,19 +232,40 @@ class _HTMLText(HTMLParser):
         self._buf = []
 
     def handle_starttag(self, tag, attrs):
-        if tag in self.SKIP:
+        if self._skip_el:
+            if tag == self._skip_el[-1][0]:
+                self._skip_el[-1][1] += 1
+            return
+        classes = set(next((v or "" for k, v in attrs if k == "class"), "").split())
+        if classes & self.SKIP_CLASSES and tag not in self.VOID:
+            self._flush()
+            self._skip_el.append([tag, 1])
+        elif tag == "title":
+            self._in_title = True
+        elif tag in self.SKIP:
             self._skip += 1
         elif re.fullmatch(r"h[1-6]", tag):
             self._flush()
-            self._heading = int(tag[1])
+            self._heading = self._level = int(tag[1])
+        elif tag == "h":
+            self._flush()
+            self._heading = min(self._level + 1, 6)
         elif tag in self.BLOCK:
             self._flush()
             self._pre += tag == "pre"
 
     def handle_endtag(self, tag):
-        if tag in self.SKIP:
+        if self._skip_el:
+            if tag == self._skip_el[-1][0]:
+                self._skip_el[-1][1] -= 1
+                if not self._skip_el[-1][1]:
+                    self._skip_el.pop()
+            return
+        if tag == "title":
+            self._in_title = False
+        elif tag in self.SKIP:
             self._skip = max(0, self._skip - 1)
-        elif re.fullmatch(r"h[1-6]", tag):
+        elif re.fullmatch(r"h[1-6]?", tag):
             self._flush()
             self._heading = 0
         elif tag in self.BLOCK:
@@ -238,12 +274,33 @@ class _HTMLText(HTMLParser):
                 self._pre = max(0, self._pre - 1)
 
     def handle_startendtag(self, tag, attrs):
-        if tag in ("br", "hr"):
+        if tag in ("br", "hr") and not self._skip_el:
             self._flush()
 
     def handle_data(self, data):
-        if not self._skip:
+        if self._in_title:
+            self.title += data
+        elif not self._skip and not self._skip_el:
             self._buf.append(data)
+
+
+def _norm_title(t: str) -> str:
+    return re.sub(r"\s+", " ", t).strip().rstrip("\u00b6").strip().casefold()
+
+
+def _page_title_heading(title: str, items: List[Tuple[int, str]]) -> List[Tuple[int, str]]:
+    """Put the page's <title> above its body as a level-1 heading (the body's headings one level lower) when
+    the body does not carry the title itself: pages that use several <h1> for their numbered sections
+    ("1. Syntax", "2. The CREATE TABLE command") or start below <h1> would otherwise file every chunk under a
+    section name alone, without the page it belongs to. A body with exactly one <h1> already has its title;
+    so does one with a heading that says the title (equal, or one starting with the other, ignoring case)."""
+    t = _norm_title(title)
+    heads = [_norm_title(txt) for level, txt in items if level]
+    if not t or sum(level == 1 for level, _ in items) == 1 or any(
+            h and (h.startswith(t) or t.startswith(h)) for h in heads):
+        return items
+    return [(1, re.sub(r"\s+", " ", title).strip())] + [(min(level + 1, 6) if level else 0, txt)
+                                                       for level, txt in items]
 
 
 def parse_html(html: str) -> Tuple[str, List[Block]]:
@@ -252,7 +309,7 @@ def parse_html(html: str) -> Tuple[str, List[Block]]:
     p.close()
     p._flush()
     spans, pos = [], 0
-    for level, txt in p.items:
+    for level, txt in _page_title_heading(p.title, p.items):
         pos += 2 if spans else 0  # the "\n\n" joining items
         spans.append((pos, pos + len(txt), level, txt))
         pos += len(txt)

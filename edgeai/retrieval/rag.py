@@ -64,7 +64,7 @@ from .defuse import defuse
 from .docstore import DocStore
 from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
-from .loaders import load_paths
+from .loaders import EXTRACT_VERSION, load_paths
 from .sphinx import refine as refine_sphinx
 
 CONTEXT_OPEN = "<sources>"
@@ -439,6 +439,11 @@ class RAG:
                 if f.startswith(str(folder) + os.sep) and not Path(f).exists():
                     self.index.delete(self.store.remove_file(f))
                     stats["removed"] += 1
+        # Files chunked by another extraction or chunker setting are re-chunked even when unchanged (their
+        # unchanged chunks are embedding-cache hits); the store records the setting once all its files have it.
+        chunking = self.chunking_id()
+        stale = self.store.count() > 0 and self.store.get_meta("chunking") != chunking
+        rewritten = set()
         writer = _BatchWriter(self, stats, show_progress)
         try:
             for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
@@ -446,12 +451,15 @@ class RAG:
                 key = str(p.resolve())
                 digest = sha256_file(p)
                 old = self.store.file_digest(key)
-                if old == digest:
+                if old == digest and not stale:
                     stats["unchanged"] += 1
                     continue
                 stats["updated" if old else "added"] += 1
+                rewritten.add(key)
                 writer.file(key, digest, p.stat().st_size, self.chunker.iter_split(doc))
             writer.flush()
+            if not stale or rewritten.issuperset(self.store.files()):
+                self.store.set_meta("chunking", chunking)
         except BaseException:
             writer.undo_open_file()
             raise
@@ -461,6 +469,12 @@ class RAG:
             if writer.files_written or stats["removed"]:
                 self.save()
         return stats
+
+    def chunking_id(self) -> str:
+        """What decides a file's chunks besides its bytes: the extraction version and the chunker's settings."""
+        c = self.chunker
+        return (f"extract {EXTRACT_VERSION}; chunks {c.max_tokens}/{c.overlap} tokens, tiny {c.min_section_tokens}, "
+                f"max {c.max_chars} chars")
 
     def remove(self, path) -> int:
         ids = self.store.remove_file(str(Path(path).resolve()))
