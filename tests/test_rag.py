@@ -426,6 +426,10 @@ def test_cli_index_and_ask(tmp_path, tiny_embed_model, capsys, monkeypatch):
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("It opens [1].") and "Sources:" in out
+    fake.reply = "Open a file for reading or writing."  # cites nothing: the source line is edgeai's, and says so
+    assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0
+    out = capsys.readouterr().out
+    assert "\n\nSource: [" in out and "the Source line above is edgeai's match" in out
     assert "repetition_penalty" not in fake.kwargs  # a model without a measured penalty runs without one
     fake.manifest = {"architecture": "llama"}  # SmolLM2's family: 1.1 by default
     assert main(["ask", "open a file", "--index", str(idx), "--model", str(tiny_embed_model)]) == 0

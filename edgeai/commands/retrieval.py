@@ -122,7 +122,8 @@ def cmd_ask(args) -> int:
               "--min-score changes this)")
         return 0
     cited = set(answer.citations)
-    print("\n\nSources:")
+    print("\n\nSources" + (" (the model cited none; the Source line above is edgeai's match):"
+                             if answer.attributed else ":"))
     for n, path, section, score in answer.sources:
         print(f"  [{n}] {path}" + (f" | {section}" if section else "") + f"  ({score:.3f})"
               + ("" if n in cited or not cited else "  (not cited)"))
