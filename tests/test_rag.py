@@ -349,6 +349,9 @@ def test_answers_citing_nothing_get_their_sources_attributed(tmp_path):
         llm.reply = reply
         ans = rag.ask("push an item onto the heap", k=2)
         assert ans.text == reply and not ans.attributed
+    llm.reply = "Push an item onto the heap, keeping the heap invariant:\n```python\nheappush(h, item)"  # cut off
+    ans = rag.ask("push an item onto the heap", k=2)
+    assert ans.text.endswith("heappush(h, item)\n```\n\nSource: [1]") and ans.citations == [1]
     llm.reply, rag.cite = "Use heappush to push an item onto the heap, keeping the heap invariant.", False
     assert "Source:" not in rag.ask("push an item onto the heap", k=2).text
 

@@ -580,7 +580,10 @@ class RAG:
         found = attribute(text, retrieved)
         if not found:
             return ""
-        return f"\n\nSource: [{found[0]}]"
+        # an answer cut off inside a code block (max_new_tokens) has its fence closed first, so that the line
+        # reads as prose, not as one more line of code
+        fence = "\n```" if text.count("```") % 2 else ""
+        return f"{fence}\n\nSource: [{found[0]}]"
 
     def below_floor(self, retrieved, min_score: Optional[float] = None) -> bool:
         """True when nothing retrieved scores min_score (default: self.min_score) or more: the question is
