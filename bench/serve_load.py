@@ -187,14 +187,21 @@ def main():
     ap.add_argument("--ban-eos", action="store_true",
                     help="every request runs to --max-tokens (logit_bias -100 on the model's end tokens, for both "
                          "servers): short answers otherwise make TTFT dominate the tokens/s")
+    ap.add_argument("--ab-prefix-cache", action="store_true",
+                    help="also run edgeai serve --prompt-cache-mb 0 at each level (what the prefix cache buys)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if max(args.clients) > MAX_CLIENTS or max(args.clients) * args.requests > MAX_REQUESTS or min(args.clients) < 1:
         ap.error(f"at most {MAX_CLIENTS} clients and {MAX_REQUESTS} requests per level")
 
-    servers = {"edgeai": lambda: Server("edgeai", [sys.executable, "-m", "edgeai.cli", "serve", "--model",
-                                                   args.model, "--port", "0", "--no-log", "--max-queue", "64",
-                                                   "--threads", str(args.threads), "--batch", str(args.batch)])}
+    def edgeai(name, *extra):
+        return lambda: Server(name, [sys.executable, "-m", "edgeai.cli", "serve", "--model", args.model, "--port",
+                                     "0", "--no-log", "--max-queue", "64", "--threads", str(args.threads),
+                                     "--batch", str(args.batch), *extra])
+
+    servers = {"edgeai": edgeai("edgeai")}
+    if args.ab_prefix_cache:  # the same server without its prefix cache, interleaved with it
+        servers["edgeai-nocache"] = edgeai("edgeai-nocache", "--prompt-cache-mb", "0")
     gguf = args.gguf
     if gguf is None:
         from edgeai.pull import source_dir

@@ -23,6 +23,8 @@ struct BatchEngine::Seq {
     int slot = -1, pos = 0;        // KV row; positions in the cache
     bool decoding = false;         // prefill done: `next` waits to be fed
     int32_t next = -1;
+    int reused = 0;                // prompt positions restored from the prefix cache
+    int last_chunk = 0;            // rows of the latest prefill chunk
     Clock::time_point arrived, prefill_t0, first_token;
     double forward_s = 0, decode_forward_s = 0, prefill_s = 0;
     int decode_steps = 0;
@@ -37,10 +39,11 @@ struct BatchEngine::Seq {
 };
 
 BatchEngine::BatchEngine(std::shared_ptr<Forward> forward, int layers, int kv_heads, int head_dim, int max_seq,
-                         int n_vocab, int max_rows, int prefill_chunk, bool interleave_prefill, bool batch_invariant)
+                         int n_vocab, int max_rows, int prefill_chunk, bool interleave_prefill, bool batch_invariant,
+                         size_t prompt_cache_bytes)
     : forward_(std::move(forward)), kv_(layers, kv_heads, head_dim, max_seq), n_vocab_(n_vocab),
       max_rows_(max_rows), prefill_chunk_(prefill_chunk), interleave_(interleave_prefill),
-      invariant_(batch_invariant) {
+      invariant_(batch_invariant), cache_(prompt_cache_bytes) {
     if (!forward_) throw std::invalid_argument("batch engine needs a forward implementation");
     if (n_vocab <= 0 || prefill_chunk <= 0) throw std::invalid_argument("n_vocab and prefill_chunk must be positive");
     if (max_rows < 1 || max_rows > 256) throw std::invalid_argument("max_rows must be in [1, 256]");
@@ -69,11 +72,53 @@ uint64_t BatchEngine::kv_version() {
 }
 
 BatchEngine::Stats BatchEngine::stats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    Stats s = stats_;
-    s.queued = static_cast<int>(queue_.size());
-    s.running = static_cast<int>(by_id_.size()) - s.queued;
+    Stats s;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        s = stats_;
+        s.queued = static_cast<int>(queue_.size());
+        s.running = static_cast<int>(by_id_.size()) - s.queued;
+    }
+    std::lock_guard<std::mutex> state(state_mu_);
+    s.cache_bytes = cache_.used_bytes();
+    s.cache_entries = cache_.size();
     return s;
+}
+
+void BatchEngine::clear_cache() {
+    std::lock_guard<std::mutex> state(state_mu_);
+    cache_.clear();
+}
+
+// The longest cached prefix of s's prompt that keeps its keys/values exact (see batch_engine.h): never the
+// last prompt token, and when the prefix ends inside a chunk, the rest of that chunk keeps >= 2 rows.
+int BatchEngine::reuse_prefix(const Seq& s) {
+    const auto& prompt = *s.prompt;
+    const int n = static_cast<int>(prompt.size());
+    std::lock_guard<std::mutex> state(state_mu_);
+    if (cache_.capacity() == 0 || !s.p->use_prompt_cache) return 0;
+    size_t shared = 0;
+    const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
+    int p = static_cast<int>(std::min(shared, static_cast<size_t>(n - 1)));
+    if (!hit || p <= 0) return 0;
+    const int start = p - p % prefill_chunk_;
+    if (p != start) {
+        const int end = std::min(start + prefill_chunk_, n);
+        if (end - p < 2) p = end - 2;  // >= start: the chunk holding p has >= 2 rows
+    }
+    if (p <= 0) return 0;
+    kv_.restore(hit->kv, static_cast<int>(hit->tokens.size()), p, s.slot);
+    return p;
+}
+
+// After s's prompt is prefilled: its positions join the cache, but for one computed in a 1-row chunk.
+void BatchEngine::cache_prompt(const Seq& s, int last_chunk) {
+    const int n = static_cast<int>(s.prompt->size());
+    const int keep = last_chunk >= 2 ? n : n - 1;
+    std::lock_guard<std::mutex> state(state_mu_);
+    if (cache_.capacity() == 0 || !s.p->use_prompt_cache || keep <= s.reused || keep < 2) return;
+    if (static_cast<size_t>(keep) * kv_.bytes_per_position() > cache_.capacity()) return;  // would not fit
+    cache_.insert(std::vector<int32_t>(s.prompt->begin(), s.prompt->begin() + keep), kv_.snapshot(keep, s.slot));
 }
 
 bool BatchEngine::cancel(uint64_t id) {
@@ -182,8 +227,13 @@ void BatchEngine::step() {
         if (prefill) {
             Seq& s = *joiner;
             const auto& prompt = *s.prompt;
-            if (s.pos == 0) s.prefill_t0 = Clock::now();
-            const int len = std::min(prefill_chunk_, static_cast<int>(prompt.size()) - s.pos);
+            if (s.pos == 0) {
+                s.prefill_t0 = Clock::now();
+                s.reused = s.pos = reuse_prefix(s);
+            }
+            // Up to the next multiple of prefill_chunk: the chunks a fresh prefill makes, once past a
+            // cached prefix that ends mid-chunk.
+            const int len = std::min(prefill_chunk_ - s.pos % prefill_chunk_, static_cast<int>(prompt.size()) - s.pos);
             tokens_.assign(prompt.begin() + s.pos, prompt.begin() + s.pos + len);
             past_.assign(1, s.pos);
             fed.push_back(&s);
@@ -196,6 +246,12 @@ void BatchEngine::step() {
             }
             if (s.pos == static_cast<int>(prompt.size())) {
                 s.decoding = true;
+                cache_prompt(s, len);
+                {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    stats_.prompt_tokens += prompt.size();
+                    stats_.reused_tokens += s.reused;
+                }
                 s.prefill_s = seconds(Clock::now() - s.prefill_t0);
                 sample(s, logits_.data());
             }
@@ -308,6 +364,7 @@ GenerateResult BatchEngine::generate(uint64_t id, const std::vector<int32_t>& pr
     if (s.error) std::rethrow_exception(s.error);
     GenerateResult r;
     r.prompt_tokens = static_cast<int>(prompt.size());
+    r.reused_tokens = s.reused;
     r.finish_reason = s.finish;
     if (stopped) {  // the callback stopped at token stop_at-1: later tokens the steps made are dropped
         s.out.resize(stop_at);

@@ -48,7 +48,7 @@ void bind_batch_engine(py::module_& m) {
         "Continuous batching: concurrent generate() calls (from several threads) share each forward step.")
         .def(py::init([](py::object forward, py::handle layers, py::handle kv_heads, py::handle head_dim,
                          py::handle max_seq, py::handle n_vocab, py::handle max_rows, py::handle prefill_chunk,
-                         bool interleave_prefill, bool batch_invariant) {
+                         bool interleave_prefill, bool batch_invariant, py::handle prompt_cache_bytes) {
             std::shared_ptr<Forward> f;
             if (py::isinstance<Forward>(forward))
                 f = forward.cast<std::shared_ptr<Forward>>();
@@ -63,17 +63,21 @@ void bind_batch_engine(py::module_& m) {
                                                  integer<int>(n_vocab, "n_vocab", 1, kMax),
                                                  integer<int>(max_rows, "max_rows", 1, 256),
                                                  integer<int>(prefill_chunk, "prefill_chunk", 1, kMax),
-                                                 interleave_prefill, batch_invariant);
+                                                 interleave_prefill, batch_invariant,
+                                                 integer<size_t>(prompt_cache_bytes, "prompt_cache_bytes"));
         }), py::arg("forward"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("max_seq"),
             py::arg("n_vocab"), py::arg("max_rows") = 4, py::arg("prefill_chunk") = 128,
-            py::arg("interleave_prefill") = true, py::arg("batch_invariant") = false)
+            py::arg("interleave_prefill") = true, py::arg("batch_invariant") = false,
+            py::arg("prompt_cache_bytes") = 0)
         .def("generate", [](BatchEngine& e, py::handle request_id, py::handle prompt, SamplerChain* chain,
-                            py::handle max_new_tokens, py::handle eos_ids, py::object on_token) {
+                            py::handle max_new_tokens, py::handle eos_ids, py::object on_token,
+                            bool use_prompt_cache) {
             const uint64_t id = integer<uint64_t>(request_id, "request_id");
             const std::vector<int32_t> ids = int32_list(prompt, "prompt token id");
             BatchParams p;
             p.max_new_tokens = integer<int>(max_new_tokens, "max_new_tokens", 1, kMax);
             p.eos_ids = int32_list(eos_ids, "eos token id");
+            p.use_prompt_cache = use_prompt_cache;
             const TokenCallback cb = token_callback(on_token);
             GenerateResult r;
             {
@@ -82,17 +86,22 @@ void bind_batch_engine(py::module_& m) {
             }
             return result_dict(r);
         }, py::arg("request_id"), py::arg("prompt"), py::arg("chain"), py::arg("max_new_tokens") = 128,
-           py::arg("eos_ids") = py::list(), py::arg("on_token") = py::none())
+           py::arg("eos_ids") = py::list(), py::arg("on_token") = py::none(), py::arg("use_prompt_cache") = true)
         .def("cancel", [](BatchEngine& e, py::handle request_id) {
             return e.cancel(integer<uint64_t>(request_id, "request_id"));
         }, py::arg("request_id"), "Stop that sequence at the next step boundary (any thread); False if unknown.")
         .def("cancel_all", &BatchEngine::cancel_all)
+        .def("clear_cache", &BatchEngine::clear_cache, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("stats", [](BatchEngine& e) {
             const auto s = e.stats();
             py::dict d;
             d["decode_steps"] = s.decode_steps;
             d["decode_rows"] = s.decode_rows;
             d["prefill_chunks"] = s.prefill_chunks;
+            d["prompt_tokens"] = s.prompt_tokens;
+            d["reused_prompt_tokens"] = s.reused_tokens;
+            d["cache_bytes"] = s.cache_bytes;
+            d["cache_entries"] = s.cache_entries;
             d["running"] = s.running;
             d["queued"] = s.queued;
             return d;

@@ -90,14 +90,16 @@ void KVCache::gather_rows(const std::vector<int32_t>& parents, int n) {
     }
 }
 
-std::vector<float> KVCache::snapshot(int n) const {
+std::vector<float> KVCache::snapshot(int n, int row) const {
+    check_row(row, "snapshot row");
     check_len(n);
     const size_t run = static_cast<size_t>(n) * head_dim_;
     std::vector<float> out(buffers_.size() * kv_heads_ * run);
     float* o = out.data();
     for (const auto& buf : buffers_)
         for (int h = 0; h < kv_heads_; ++h, o += run)
-            std::memcpy(o, buf.get() + static_cast<size_t>(h) * max_seq_ * head_dim_, run * sizeof(float));
+            std::memcpy(o, buf.get() + row * row_floats() + static_cast<size_t>(h) * max_seq_ * head_dim_,
+                        run * sizeof(float));
     return out;
 }
 
@@ -121,15 +123,16 @@ void KVCache::release_from(int pos) {
     written_end_ = pos;
 }
 
-void KVCache::restore(const std::vector<float>& snap, int snap_len, int n) {
+void KVCache::restore(const std::vector<float>& snap, int snap_len, int n, int row) {
     const size_t stride = static_cast<size_t>(snap_len) * head_dim_;
+    check_row(row, "restore row");
     check_len(n);
     if (n > snap_len || snap.size() < buffers_.size() * kv_heads_ * stride) throw std::logic_error("KV snapshot too short");
     const float* s = snap.data();
     note_written(n);
     for (auto& buf : buffers_)
         for (int h = 0; h < kv_heads_; ++h, s += stride)
-            std::memcpy(buf.get() + static_cast<size_t>(h) * max_seq_ * head_dim_, s,
+            std::memcpy(buf.get() + row * row_floats() + static_cast<size_t>(h) * max_seq_ * head_dim_, s,
                         static_cast<size_t>(n) * head_dim_ * sizeof(float));
 }
 

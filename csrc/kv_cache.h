@@ -42,10 +42,10 @@ public:
     void copy_row(int src, int dst, int n);
     // Beam reordering: new row b = old row parents[b], positions [0, n); checked like copy_row.
     void gather_rows(const std::vector<int32_t>& parents, int n);
-    // Compact copy of positions [0, n) of row 0; restore() puts back its first n positions
-    // (n <= snap_len, the length the snapshot was taken with).
-    std::vector<float> snapshot(int n) const;
-    void restore(const std::vector<float>& snap, int snap_len, int n);
+    // Compact copy of positions [0, n) of `row`; restore() puts back its first n positions into `row`
+    // (n <= snap_len, the length the snapshot was taken with). Rows and n are checked like copy_row.
+    std::vector<float> snapshot(int n, int row = 0) const;
+    void restore(const std::vector<float>& snap, int snap_len, int n, int row = 0);
 
     // The forward pass wrote positions [0, end) of some rows: remembered so release_from knows what is resident.
     void note_written(int end) { written_end_ = std::max(written_end_, end); }

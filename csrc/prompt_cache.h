@@ -25,6 +25,7 @@ public:
     void insert(std::vector<int32_t> tokens, std::vector<float> kv);
     void clear() { entries_.clear(); used_ = 0; }
     void set_capacity(size_t bytes);
+    size_t capacity() const { return capacity_; }
     size_t used_bytes() const { return used_; }
     size_t size() const { return entries_.size(); }
 

@@ -141,9 +141,11 @@ class LLM:
         self.eos_token_ids = list(self.tokenizer.eos_token_ids)
         self._per_thread = threading.local()
         # max_batch > 1: sampled generations go to a continuous-batching engine over the same session (one
-        # load of the weights) with its own KV rows. No prompt cache and no draft tokens there: one step
-        # feeds one token per row. batch_invariant: q4/q8 results never depend on whether a sequence was
-        # decoded alone or with others (a lone row gets a dummy companion; csrc/batch_engine.h).
+        # load of the weights) with its own KV rows and its own prefix cache (a prompt that starts like an
+        # earlier one, e.g. a server's fixed system prompt, takes those positions from it, bit-exactly). No
+        # draft tokens there: one step feeds one token per row. batch_invariant: q4/q8 results never depend on
+        # whether a sequence was decoded alone or with others (a lone row gets a dummy companion;
+        # csrc/batch_engine.h).
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 64:
             raise ValueError(f"max_batch must be an integer in [1, 64], got {max_batch!r}")
         self.max_batch = max_batch
@@ -152,7 +154,8 @@ class LLM:
             self._batch_forward = self._forward.sharing()
             self._batch = _core.BatchEngine(self._batch_forward.rows, graph["num_layers"], graph["num_kv_heads"],
                                             graph["head_dim"], context_length, graph["vocab_size"], max_batch,
-                                            prefill_chunk, True, bool(batch_invariant))
+                                            prefill_chunk, True, bool(batch_invariant),
+                                            (prompt_cache_mb << 20) if prompt_cache else 0)
             self._batch_forward.attach(self._batch)
         self._request_ids = itertools.count(1)
         self._draft, self._owns_draft, self.draft_cost = None, False, 0.0
@@ -200,11 +203,14 @@ class LLM:
     @property
     def batch_stats(self) -> Optional[dict]:
         """The batch engine's counters (max_batch > 1; else None): decode_steps, decode_rows (their ratio is
-        the mean batch), prefill_chunks, and the sequences running and queued now."""
+        the mean batch), prefill_chunks, prompt_tokens and reused_prompt_tokens (from the prefix cache),
+        cache_bytes and cache_entries, and the sequences running and queued now."""
         return self._batch.stats if self._batch is not None else None
 
     def clear_prompt_cache(self) -> None:
         self._live().clear_cache()
+        if self._batch is not None:
+            self._batch.clear_cache()
 
     @property
     def draft(self) -> Optional["LLM"]:
@@ -353,7 +359,7 @@ class LLM:
         if batched:
             rid = next(self._request_ids) if request_id is None else request_id
             raw = self._batch.generate(rid, ids, params.make_chain(), gen["max_new_tokens"], self.eos_token_ids,
-                                       on_token)
+                                       on_token, gen["use_prompt_cache"])
         else:
             raw = engine.generate(ids, None if beams else params.make_chain(), gen["max_new_tokens"],
                                   self.eos_token_ids, gen["num_beams"], float(gen["length_penalty"]),

@@ -281,3 +281,78 @@ def test_many_threads_with_random_cancels():
             assert i in victims
     assert any(results[v]["finish_reason"] == "cancelled" for v in victims)
     assert be.stats["running"] == be.stats["queued"] == 0
+
+
+# --------------------------------------------------------------------------- the batch engine's prefix cache
+
+@pytest.fixture(scope="module")
+def tiny_q4(tmp_path_factory):
+    return build_tiny_llm_folder(tmp_path_factory.mktemp("batch") / "q4", seed=5, max_pos=512, vocab=320,
+                                 quant="q4")[1]
+
+
+def test_prefix_cache_is_bit_exact_on_q4(tiny_q4, monkeypatch):
+    """Prompts that share a prefix with earlier ones take it from the batch engine's prefix cache, with the
+    prefix ending anywhere in a prefill chunk, or the prompt's last chunk being one token (a 1-row pass, which
+    int8 activations round differently): the logits of every step are bit-identical to the same requests on an
+    engine without the cache. q4 (MatMulNBits with int8 activations) is where a different pass would show."""
+    from edgeai.ort_forward import OrtForward
+
+    seen = []
+    rows = OrtForward.rows
+
+    def traced(self, first_row, batch, n_tokens, past_lens_addr, tokens_addr, logits_addr, kv_version):
+        rows(self, first_row, batch, n_tokens, past_lens_addr, tokens_addr, logits_addr, kv_version)
+        buf = np.ctypeslib.as_array((ctypes.c_float * (batch * self.vocab)).from_address(logits_addr))
+        seen.append(buf[: self.vocab].tobytes())  # row 0; batch_invariant's dummy row is not compared
+
+    monkeypatch.setattr(OrtForward, "rows", traced)
+    chunk = 8
+    rng = random.Random(11)
+    system = [rng.randrange(300) for _ in range(21)]  # ends mid-chunk
+    prompts = [system + [rng.randrange(300) for _ in range(k)] for k in (4, 1, 3, 12, 4, 20)]
+    prompts += [prompts[3][:25], prompts[3][:26] + [7]]  # last chunk of 1 (25 = 3 * 8 + 1); a longer turn
+    prompts.append(prompts[0])  # the same prompt again: all but its last token from the cache
+    kw = dict(max_new_tokens=6, temperature=0.0)
+
+    def trace(llm):
+        out = []
+        for p in prompts:
+            del seen[:]
+            g = llm.generate(p, **kw)
+            out.append((g.token_ids, list(seen[-len(g.token_ids):])))
+        return out
+
+    cached = LLM(tiny_q4, threads=1, max_batch=2, prefill_chunk=chunk, batch_invariant=True)
+    plain = LLM(tiny_q4, threads=1, max_batch=2, prefill_chunk=chunk, batch_invariant=True, prompt_cache=False)
+    got, ref = trace(cached), trace(plain)
+    for i, ((ids, logits), (ref_ids, ref_logits)) in enumerate(zip(got, ref)):
+        assert ids == ref_ids, f"prompt {i}: tokens differ"
+        assert logits == ref_logits, f"prompt {i}: logits differ"
+    stats = cached.batch_stats
+    assert stats["reused_prompt_tokens"] >= 8 * 19 and stats["cache_entries"] > 0
+    assert plain.batch_stats["reused_prompt_tokens"] == 0
+    # use_prompt_cache=False per call: no reuse
+    before = cached.batch_stats["reused_prompt_tokens"]
+    cached.generate(prompts[0], use_prompt_cache=False, **kw)
+    assert cached.batch_stats["reused_prompt_tokens"] == before
+    cached.clear_prompt_cache()
+    assert cached.batch_stats["cache_entries"] == 0
+
+
+def test_prefix_cache_rule_on_a_fake_forward():
+    """The reused length: never the last prompt token, and a prefix ending mid-chunk leaves >= 2 rows to its
+    chunk. Checked through the chunks the engine feeds (FakeForward records nothing, so count forwards)."""
+    vocab = 50
+    be = _core.BatchEngine(_core.FakeForward(vocab), 2, 1, 4, 128, vocab, 2, 8, True, False, 1 << 20)
+    chain = lambda: SamplingParams(temperature=0.0).make_chain()  # noqa: E731
+    base = list(range(1, 20))
+    r1 = be.generate(1, base, chain(), 2)
+    assert r1["reused_tokens"] == 0
+    r2 = be.generate(2, base, chain(), 2)  # the same prompt: at most 18 (not the last token), but that
+    assert r2["reused_tokens"] == 17       # would leave 1 row of the chunk [16, 19): reuse 17
+    r3 = be.generate(3, base[:17] + [40], chain(), 2)  # shares 17 = 2 * 8 + 1: 1 row left -> reuse 16
+    assert r3["reused_tokens"] == 16
+    r4 = be.generate(4, base + [41, 42], chain(), 2)  # shares all 19 of base: 19 % 8 = 3, 21 ends its chunk
+    assert r4["reused_tokens"] == 19
+    assert r2["sequences"] == r1["sequences"]

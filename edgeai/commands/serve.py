@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-invariant", action="store_true",
                    help="q4/q8 models: a result never depends on whether its request was decoded alone or with "
                         "others (a lone request then decodes as a two-row step; docs/server.md)")
+    p.add_argument("--prompt-cache-mb", type=int, default=64, metavar="MB",
+                   help="prefix cache per model: a prompt that starts like an earlier one (the same system "
+                        "prompt, earlier chat turns) reuses those tokens' keys/values, bit-exactly "
+                        "(default 64; 0: off)")
     p.add_argument("--max-queue", type=int, default=16, help="generations that may wait (more get 429)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, queue wait included")
     p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body accepted (413 beyond)")
@@ -89,10 +93,13 @@ def cmd_serve(args) -> int:
         raise ValueError(f"--batch must be in [1, 64], got {args.batch}")
     if args.cache < 0:
         raise ValueError("--cache must be >= 0")
+    if not 0 <= args.prompt_cache_mb <= 1 << 16:
+        raise ValueError(f"--prompt-cache-mb must be in [0, 65536], got {args.prompt_cache_mb}")
     if args.no_log and args.log_text:
         raise ValueError("--log-text needs a request log: drop --no-log")
     llms = load_llms(args.model or [DEFAULT_LLM], threads=args.threads, context_length=args.context,
-                     max_batch=args.batch, batch_invariant=args.batch_invariant, draft=args.draft)
+                     max_batch=args.batch, batch_invariant=args.batch_invariant, draft=args.draft,
+                     prompt_cache_mb=args.prompt_cache_mb)
     embedders, rag, rag_model = {}, None, None
     if args.embedder or args.index:
         from ..retrieval.embedder import DEFAULT_MODEL

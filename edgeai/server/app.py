@@ -198,6 +198,9 @@ class EdgeServer:
                 self.metrics.set("edgeai_batch_decode_steps_total", stats["decode_steps"], model=name)
                 self.metrics.set("edgeai_batch_decode_rows_total", stats["decode_rows"], model=name)
                 self.metrics.set("edgeai_batch_prefill_chunks_total", stats["prefill_chunks"], model=name)
+                self.metrics.set("edgeai_batch_prompt_tokens_total", stats["prompt_tokens"], model=name)
+                self.metrics.set("edgeai_batch_reused_prompt_tokens_total", stats["reused_prompt_tokens"],
+                                 model=name)
                 self.metrics.set("edgeai_batch_rows_running", stats["running"], model=name)
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -93,5 +93,8 @@ def server_metrics() -> Metrics:
     m.describe("edgeai_batch_decode_steps_total", "counter", "Decode steps of the batch engine, by model.")
     m.describe("edgeai_batch_decode_rows_total", "counter", "Rows those steps decoded (rows / steps: mean batch).")
     m.describe("edgeai_batch_prefill_chunks_total", "counter", "Prompt chunks the batch engine prefilled.")
+    m.describe("edgeai_batch_prompt_tokens_total", "counter", "Prompt tokens the batch engine admitted.")
+    m.describe("edgeai_batch_reused_prompt_tokens_total", "counter",
+               "Prompt tokens whose keys/values came from the batch engine's prefix cache.")
     m.describe("edgeai_batch_rows_running", "gauge", "Sequences holding a batch row now.")
     return m

@@ -59,9 +59,11 @@ class ServedEmbedder:
     digest: str
 
 
-def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invariant=False, draft=None) -> dict:
+def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invariant=False, draft=None,
+              prompt_cache_mb=64) -> dict:
     """draft: a model every served model decodes speculatively with (loaded once, shared; requests then take
-    the one-at-a-time engine, which is where speculation runs)."""
+    the one-at-a-time engine, which is where speculation runs). prompt_cache_mb: each model's prefix cache
+    (0: none)."""
     from ..llm import LLM
 
     out = {}
@@ -72,7 +74,8 @@ def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invar
         if ident in out:
             raise ValueError(f"two --model entries are both named {ident!r}: name one ID=FOLDER")
         llm = LLM(target, threads=threads, context_length=context_length, max_batch=max_batch,
-                  batch_invariant=batch_invariant, draft=draft)
+                  batch_invariant=batch_invariant, draft=draft, prompt_cache=prompt_cache_mb > 0,
+                  prompt_cache_mb=max(prompt_cache_mb, 1))
         out[ident] = ServedLLM(ident, llm, folder_digest(llm.model_dir), threads)
     return out
 
