@@ -90,23 +90,16 @@ void BatchEngine::clear_cache() {
     cache_.clear();
 }
 
-// The longest cached prefix of s's prompt that keeps its keys/values exact (see batch_engine.h): never the
-// last prompt token, and when the prefix ends inside a chunk, the rest of that chunk keeps >= 2 rows.
+// Restores the longest cached prefix of s's prompt that keeps its keys/values exact (prompt_cache.h:
+// reusable_prefix) into s's row; returns its length.
 int BatchEngine::reuse_prefix(const Seq& s) {
     const auto& prompt = *s.prompt;
-    const int n = static_cast<int>(prompt.size());
     std::lock_guard<std::mutex> state(state_mu_);
     if (cache_.capacity() == 0 || !s.p->use_prompt_cache) return 0;
     size_t shared = 0;
     const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
-    int p = static_cast<int>(std::min(shared, static_cast<size_t>(n - 1)));
+    const int p = static_cast<int>(reusable_prefix(shared, prompt.size(), prefill_chunk_));
     if (!hit || p <= 0) return 0;
-    const int start = p - p % prefill_chunk_;
-    if (p != start) {
-        const int end = std::min(start + prefill_chunk_, n);
-        if (end - p < 2) p = end - 2;  // >= start: the chunk holding p has >= 2 rows
-    }
-    if (p <= 0) return 0;
     kv_.restore(hit->kv, static_cast<int>(hit->tokens.size()), p, s.slot);
     return p;
 }
@@ -114,7 +107,7 @@ int BatchEngine::reuse_prefix(const Seq& s) {
 // After s's prompt is prefilled: its positions join the cache, but for one computed in a 1-row chunk.
 void BatchEngine::cache_prompt(const Seq& s, int last_chunk) {
     const int n = static_cast<int>(s.prompt->size());
-    const int keep = last_chunk >= 2 ? n : n - 1;
+    const int keep = exact_chunk(last_chunk, prefill_chunk_) ? n : n - 1;
     std::lock_guard<std::mutex> state(state_mu_);
     if (cache_.capacity() == 0 || !s.p->use_prompt_cache || keep <= s.reused || keep < 2) return;
     if (static_cast<size_t>(keep) * kv_.bytes_per_position() > cache_.capacity()) return;  // would not fit

@@ -19,14 +19,11 @@
 // may come from any thread at any time: the row leaves at the next step boundary.
 //
 // Prefix cache: a joining prompt that starts like an earlier one (the same system prompt, the earlier turns of
-// a chat) takes those positions' keys/values from a snapshot instead of computing them. Only prompt positions
-// are cached, never the last prompt token (its logits start generation) and never positions written by
-// decode steps. Exactness rests on the row property below: a prefill chunk of M >= 2 rows gives each row the
-// same bits whatever M and wherever the chunk starts (measured on the real 0.5B q4: logits identical with
-// chunks of 128, 17 and 6 tokens), while M == 1 differs. So a cached prefix may end mid-chunk as long as the
-// rest of that chunk is computed with at least 2 rows, and a position computed in a 1-row chunk (a prompt's
-// last chunk of one token) is not cached. With the cache a prompt's keys/values are bit-identical to a fresh
-// prefill's (tests/test_batching.py checks the logits).
+// a chat) takes those positions' keys/values from a snapshot instead of computing them, by the same exact rule
+// as Engine's (prompt_cache.h: reusable_prefix, exact_chunk): only prompt positions, never the last prompt
+// token, never positions written by decode steps or by a 1-row chunk; a prefix may end mid-chunk where the
+// rest of that chunk keeps >= 2 rows. A prompt's keys/values are then bit-identical to a fresh prefill's
+// (tests/test_batching.py checks the logits).
 //
 // Determinism: no draft tokens here, and the prefix cache keeps a prompt's keys/values equal to a fresh batch-1
 // prefill. A decode step holds several rows: with fp32 weights every row's logits equal those of the same

@@ -63,16 +63,15 @@ void Engine::forward(int batch, int n_tokens, int past_len, GenerateResult& r, i
     r.forward_s += seconds_since(t0);
 }
 
-// Makes row 0 of the cache hold the longest reusable prefix of `prompt` and returns its length: whole
-// prefill chunks only (see engine.h), and never the last prompt token, whose logits start generation.
+// Makes row 0 of the cache hold the longest reusable prefix of `prompt` and returns its length
+// (prompt_cache.h: reusable_prefix; never the last prompt token, whose logits start generation).
 int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
     if (!use_cache) return 0;  // the switch turns every kind of reuse off
-    const size_t limit = prompt.size() - 1;
-    const size_t live = aligned(std::min(common_prefix(live_, prompt), limit));
+    const size_t live = reusable_prefix(common_prefix(live_, prompt), prompt.size(), prefill_chunk_);
     std::lock_guard<std::mutex> state(state_mu_);
     size_t shared = 0;
     const PromptCacheEntry* hit = cache_.lookup(prompt, shared);
-    shared = aligned(std::min(shared, limit));  // entries hold whole chunks, so this never passes their end
+    shared = reusable_prefix(shared, prompt.size(), prefill_chunk_);  // <= the entry's length
     if (hit && shared > live) {
         kv_.restore(hit->kv, static_cast<int>(hit->tokens.size()), static_cast<int>(shared));
         live_.assign(prompt.begin(), prompt.begin() + shared);
@@ -81,17 +80,18 @@ int Engine::reuse_prefix(const std::vector<int32_t>& prompt, bool use_cache) {
     return static_cast<int>(live);
 }
 
-// Chunks start at multiples of prefill_chunk (`from` is one), so every chunk is computed as in a fresh
-// prefill; only whole chunks join the reusable prefix.
+// Chunks end at multiples of prefill_chunk, as in a fresh prefill (a reused prefix may end mid-chunk: the
+// first chunk then completes that one); positions of chunks of >= 2 rows join the reusable prefix.
 void Engine::prefill(const std::vector<int32_t>& prompt, int from, GenerateResult& r) {
     auto t0 = Clock::now();
     live_.resize(from);
     const int n = static_cast<int>(prompt.size());
-    for (int pos = from; pos < n; pos += prefill_chunk_) {
-        int len = std::min(prefill_chunk_, n - pos);
+    for (int pos = from; pos < n;) {
+        const int len = std::min(prefill_chunk_ - pos % prefill_chunk_, n - pos);
         tokens_.assign(prompt.begin() + pos, prompt.begin() + pos + len);
         forward(1, len, pos, r);
-        if (len == prefill_chunk_) live_.assign(prompt.begin(), prompt.begin() + pos + len);
+        pos += len;
+        if (exact_chunk(len, prefill_chunk_)) live_.assign(prompt.begin(), prompt.begin() + pos);
     }
     r.prefill_s = seconds_since(t0);
 }

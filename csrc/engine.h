@@ -7,11 +7,12 @@
 // issued before it). The read-only views (kv_shape, kv_address, cache_bytes, cache_entries) take a second,
 // short-held lock, so they may be read while a generation runs, also from inside the forward pass.
 //
-// Determinism: with int8 activations (MatMulNBits accuracy level 4) the rows one forward pass holds change
-// the rounding, so a position's keys/values depend on how it was computed. The prefix reuse therefore keeps
-// only positions computed exactly as a fresh prefill computes them: whole prefill chunks, aligned at
-// multiples of prefill_chunk from position 0. Positions written by a partial last chunk or by decode steps are
-// recomputed. Then the tokens of a request never depend on the prompt cache or on what ran before.
+// Determinism: with int8 activations (MatMulNBits accuracy level 4) a 1-row pass rounds differently from a
+// multi-row one, so a position's keys/values depend on how it was computed. Prefill chunks start at multiples of
+// prefill_chunk from position 0, and the prefix reuse keeps only positions computed as a fresh prefill computes
+// them (prompt_cache.h: reusable_prefix, exact_chunk): prompt positions from chunks of >= 2 rows, reused up to
+// where the rest of their chunk keeps >= 2 rows. Positions written by decode steps or by a last chunk of one
+// token are recomputed. Then the tokens of a request never depend on the prompt cache or on what ran before.
 #pragma once
 
 #include <atomic>
@@ -122,8 +123,8 @@ private:
     int n_vocab_, prefill_chunk_;
     std::vector<int64_t> tokens_;
     std::vector<float> logits_;
-    // Tokens whose keys/values in row 0 were computed exactly as a fresh prefill computes them (whole,
-    // aligned prefill chunks): the only positions a later request may reuse. Always a multiple of the chunk.
+    // Tokens whose keys/values in row 0 were computed exactly as a fresh prefill computes them (prompt
+    // positions from chunks of >= 2 rows): the only positions a later request may reuse.
     std::vector<int32_t> live_;
     std::atomic<uint64_t> cancel_epoch_{0};
     uint64_t ticket_ = 0;  // the cancel epoch the running request arrived in

@@ -3,6 +3,7 @@
 // Bounded in bytes; the least recently used snapshot goes first.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -37,5 +38,29 @@ private:
 };
 
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b);
+
+// Exact reuse. With int8 activations (MatMulNBits, accuracy level 4) a prefill chunk of M >= 2 rows gives each
+// row the same bits whatever M and wherever the chunk starts, while a 1-row pass takes another kernel path and
+// rounds differently (measured on the real Qwen2.5-Coder-0.5B q4: the logits were bit-identical with chunks of
+// 128, 17 and 6 tokens; a last chunk of one token changed them). A fresh prefill cuts a prompt into chunks at
+// multiples of `chunk` from position 0, so its only 1-row pass is a last chunk of one token.
+//
+// The longest prefix of a prompt of prompt_len tokens, of which `shared` tokens' keys/values are at hand, that
+// a request may reuse with the rest computed as a fresh prefill would: never the last prompt token (its logits
+// start generation), and when the prefix ends mid-chunk the rest of that chunk keeps >= 2 rows.
+inline size_t reusable_prefix(size_t shared, size_t prompt_len, size_t chunk) {
+    if (prompt_len == 0 || chunk == 0) return 0;
+    size_t p = std::min(shared, prompt_len - 1);
+    const size_t start = p - p % chunk;
+    if (p != start) {
+        const size_t end = std::min(start + chunk, prompt_len);
+        if (end - p < 2) p = end - 2;  // >= start, since that chunk holds at least p - start + 1 >= 2 rows
+    }
+    return p;
+}
+
+// Whether the positions of a prefill chunk of `len` rows may be cached: computed as every fresh prefill
+// computes them (with chunk 1 every pass has one row, so all are alike).
+inline bool exact_chunk(int len, int chunk) { return len >= 2 || chunk == 1; }
 
 }  // namespace edgeai

@@ -102,7 +102,7 @@ public:
     // Proposals that fit after `history_len` tokens of history.
     int room(size_t history_len) const { return e_.kv_.max_seq() - static_cast<int>(history_len - offset_) + 1; }
 
-    // The prompt into the draft's cache: its reusable prefix (whole aligned chunks, engine.h) and a prefill of
+    // The prompt into the draft's cache: its reusable prefix (exact reuse, prompt_cache.h) and a prefill of
     // the rest, so its keys/values, and thus its proposals, never depend on what ran before. With window > 0 the
     // draft sees only the prompt's last `window` tokens or so (from a chunk boundary): its prefill of a long
     // RAG prompt would otherwise cost a good part of the target's, paid before its first proposal. What it

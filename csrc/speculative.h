@@ -17,8 +17,9 @@
 //
 // Randomness comes from one Rng seeded per request (GenerateParams::seed), drawn in a fixed order, and every
 // policy decision (γ, lookup or model) depends only on tokens accepted in this request: a seeded run is
-// reproducible. The draft reuses only whole aligned prefill chunks of the prompt (as the target does, see
-// engine.h), so its proposals, and with them the random draws, never depend on the prompt cache or history.
+// reproducible. The draft reuses only prompt positions computed as a fresh prefill computes them (as the target
+// does, see engine.h), so its proposals, and with them the random draws, never depend on the prompt cache or
+// history.
 #pragma once
 
 #include <cstdint>

@@ -13,6 +13,7 @@ from edgeai import LLM, _core
 from edgeai.sampling import SamplingParams
 
 from conftest import build_tiny_llm_folder
+from helpers.prefix_rule import reusable_prefix
 
 V = 200
 EOS = [5]
@@ -350,7 +351,7 @@ def test_prefix_cache_rule_on_a_fake_forward():
     r1 = be.generate(1, base, chain(), 2)
     assert r1["reused_tokens"] == 0
     r2 = be.generate(2, base, chain(), 2)  # the same prompt: at most 18 (not the last token), but that
-    assert r2["reused_tokens"] == 17       # would leave 1 row of the chunk [16, 19): reuse 17
+    assert r2["reused_tokens"] == reusable_prefix(19, 19, 8) == 17  # would leave 1 row of [16, 19)
     r3 = be.generate(3, base[:17] + [40], chain(), 2)  # shares 17 = 2 * 8 + 1: 1 row left -> reuse 16
     assert r3["reused_tokens"] == 16
     r4 = be.generate(4, base + [41, 42], chain(), 2)  # shares all 19 of base: 19 % 8 = 3, 21 ends its chunk
