@@ -103,9 +103,10 @@ class paged_out_while_loading:
     within that box's noise). A no-op where the call does not exist.
 
     Every 0.02 s rather than 0.1 s: from a warm page cache ONNX Runtime reads the file at over 1 GB/s, so 0.1 s let
-    up to ~100 MB of read pages pile up between passes (0.5B: load peak 742-748 MB against 656 MB once built;
-    0.02 s: 672-679 MB, docs/models.md). A pass costs 0.5-2 ms (one read of /proc/self/maps, one madvise per
-    mapping); the build time did not change (interleaved runs)."""
+    up to ~100 MB of read pages pile up between passes (0.5B, load average ~2.5: the build peaked at 742-748 MB
+    against 656 MB once built; 0.02 s: 672-679 MB, docs/models.md; on a busier box the thread itself runs late).
+    A pass costs 0.5-2 ms (one read of /proc/self/maps, one madvise per mapping); the build time did not change
+    (medians of 5 interleaved builds: 3.52 s at 0.1 s, 3.47 s at 0.02 s)."""
 
     def __init__(self, data_path: str, every: float = 0.02):
         self.target, self.every = os.path.realpath(data_path), every
