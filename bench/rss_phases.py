@@ -184,7 +184,10 @@ def main():
             raise SystemExit(f"--tree wants LABEL=PATH with PATH an edgeai checkout, got {spec!r}")
         trees.append((label, Path(path).resolve()))
     trees.append(("this checkout", ROOT))
-    folder = str(resolve_model(a.model))
+    try:
+        folder = str(resolve_model(a.model))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--model: {exc}") from None
     runs = {label: [] for label, _ in trees}
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
