@@ -128,7 +128,9 @@ class LLM:
         self._forward.attach(self._engine)
         # The tokenizer loads after the session: building the session (pre-packing the weights) is the
         # process's memory peak, and the tokenizer's ~12 MB would otherwise sit under it (SmolLM2 q4: the
-        # load peak, `peak_rss_after_load_mb` in the bench runner, went from 248 to 236 MB).
+        # load peak, `peak_rss_after_load_mb` in the bench runner, went from 248 to 236 MB). Qwen's 151,936-token
+        # tokenizer keeps ~40 MB: loaded first, the 0.5B build peaked at 704-730 MB on a busy box (the page-out
+        # thread runs late there) against 664-683 MB loaded after (bench/rss_phases.py, docs/models.md).
         self.tokenizer = Tokenizer.from_folder(self.model_dir)
         self.context_length = context_length
         self.prompt_cache = bool(prompt_cache)

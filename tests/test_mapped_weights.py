@@ -129,6 +129,24 @@ def test_llm_drops_embedding_pages_every_64_tokens(tmp_path):
         assert again == first
 
 
+def test_the_session_returns_its_freed_heap_before_the_tokenizer_loads(tmp_path, monkeypatch):
+    """The load peak (docs/models.md): building the session frees ~16 MB of temporaries (0.5B) that glibc keeps,
+    and the tokenizer's parse (+64 MB at Qwen's vocabulary) would sit on top of them; the heap goes back between
+    the two, and once more when LLM() has finished loading."""
+    import edgeai
+    from conftest import build_tiny_llm_folder
+    from edgeai import ort_forward, tokenizer
+
+    _, folder = build_tiny_llm_folder(tmp_path / "m", seed=5, quant="q4")
+    events, from_folder = [], tokenizer.Tokenizer.from_folder.__func__
+    monkeypatch.setattr(ort_forward, "return_free_heap", lambda: events.append("heap returned"))
+    monkeypatch.setattr(tokenizer.Tokenizer, "from_folder",
+                        classmethod(lambda cls, f: events.append("tokenizer") or from_folder(cls, f)))
+    with edgeai.LLM(folder, threads=1, context_length=64) as llm:
+        assert llm.generate("hello", max_new_tokens=2).token_ids
+    assert events == ["heap returned", "tokenizer", "heap returned"]
+
+
 def test_loading_and_running_a_model_does_not_load_openssl(tmp_path):
     """hashlib initialises OpenSSL (3.5 MB resident) and only hashing needs it: loading a model must not."""
     import subprocess

@@ -111,6 +111,26 @@ def test_from_folder(tmp_path):
         Tokenizer.from_folder(tmp_path / "nope")
 
 
+def test_a_file_path_parses_to_the_same_tokenizer_as_its_text(tmp_path):
+    """from_folder hands the library the file's path (no Python copy of a 5 MB JSON, a lower parse peak): the
+    tokenizer must be the one its text gives, ids, specials and decoding alike."""
+    text = make_tiny_tokenizer_json(300)
+    (tmp_path / "tokenizer.json").write_text(text)
+    a, b = Tokenizer(text, None, SPECIALS), Tokenizer(tmp_path / "tokenizer.json", None, SPECIALS)
+    for s in ("plain ascii 123\n", "<|im_start|>user\nhé 東 😀<|im_end|>", "  spaces\t\ttabs  ", ""):
+        assert b.encode(s) == a.encode(s)
+        assert b.decode(b.encode(s)) == a.decode(a.encode(s))
+    assert (b.vocab_size, b.eos_token_ids) == (a.vocab_size, a.eos_token_ids)
+    assert Tokenizer.from_folder(tmp_path).encode("plain ascii 123") == a.encode("plain ascii 123")
+
+
+@pytest.mark.parametrize("content", [b'{"model": ', b"\xff\xfe not utf-8", b"{}"])
+def test_from_folder_names_an_unreadable_tokenizer_file(tmp_path, content):
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    with pytest.raises(ValueError, match="cannot read the tokenizer .*tokenizer.json"):
+        Tokenizer.from_folder(tmp_path)
+
+
 @pytest.mark.smollm2
 def test_real_round_trip(real_tok):
     _check_round_trip(real_tok)
