@@ -639,8 +639,23 @@ class _BatchWriter:
 
     def file(self, key: str, digest: str, size: int, chunks) -> None:
         f = (key, digest, size)
-        for i, c in enumerate(chunks):
+        chunks = iter(chunks)
+        i = 0
+        while True:
+            try:
+                c = next(chunks, None)
+            except Exception:
+                # Reading or chunking this file failed part-way (a streamed file is read while its chunks are
+                # written). The files queued before it are complete: write them; drop this one's chunks (if some
+                # were written already, the caller rolls it back).
+                self.queue = [e for e in self.queue if e[1] is not f]
+                self.n_chunks = sum(e[0] == "chunk" for e in self.queue)
+                self.flush()
+                raise
+            if c is None:
+                break
             self.queue.append(("chunk", f, i, c))
+            i += 1
             self.n_chunks += 1
             if self.n_chunks >= EMBED_BATCH:
                 self.flush()
