@@ -19,9 +19,9 @@ SUFFIX = {"text": ".txt", "markdown": ".md", "rst": ".rst"}
 
 # Pieces that make headings (ATX, setext, reST over/underlines), code fences, blank lines with spaces, every
 # kind of line break str.splitlines knows, non-ASCII text and whitespace.
-ATOMS = ["word", "alpha beta", "#", "## Sub", "# Title", "====", "----", "~~~~", "^^^^", "```", "```py", "~~~",
-         " ", "  ", "\t", "\n", "\n", "\n\n", "\r\n", "\r\n\r\n", "\r", "\x0c", "\u2028", "\x85", "\xa0", "é", "日本",
-         "x" * 60, "\n   \n", "\n \t\n", ".. note::"]
+ATOMS = ["word", "alpha beta", "#", "## Sub", "# Title", "====", "----", "~~~~", "^^^^", "```", "```py",
+         "~~~", " ", "  ", "\t", "\n", "\n", "\n\n", "\r\n", "\r\n\r\n", "\r", "\x0c", "\u2028", "\x85", "\xa0",
+         "é", "日本", "x" * 60, "\n   \n", "\n \t\n", ".. note::"]
 
 
 def _synthetic(rng: random.Random, n: int) -> str:

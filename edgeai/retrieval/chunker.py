@@ -20,7 +20,6 @@ spaces is one [UNK] per 100 characters) would otherwise pack many paragraphs int
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -47,6 +46,9 @@ class Chunk:
 
 
 COUNT_SLICE = 512  # paragraphs whose token counts are taken in one tokenizer call
+# ... and at most this many characters: 512 paragraphs of a minified file (4,000 characters each) made ~2 MB of
+# copies and ~0.5 M tokens of Encodings (~100 bytes a token) at once
+COUNT_CHARS = 1 << 17
 
 
 def _whitespace_tokens(texts: Sequence[str]) -> List[int]:
@@ -143,8 +145,8 @@ class Chunker:
     def iter_split(self, doc: Document) -> Iterator[Chunk]:
         """The chunks of `doc`, in order, made as they are consumed, from its blocks as they come: a section's
         chunks are made as its blocks arrive (a section that may be tiny waits until it has enough text or
-        ends), so besides COUNT_SLICE blocks, only the blocks of the chunk being filled are held. A streamed
-        document's text (loaders.StreamText) is told what is no longer needed."""
+        ends), so besides one slice of blocks (COUNT_SLICE, COUNT_CHARS), only the blocks of the chunk being
+        filled are held. A streamed document's text (loaders.StreamText) is told what is no longer needed."""
         text = doc.text
         release = getattr(text, "release", None)
         heads: List[Tuple[int, str]] = []  # (level, title) stack
@@ -173,7 +175,12 @@ class Chunker:
         blocks = iter(doc.blocks)
         last = None
         while True:
-            held = list(itertools.islice(blocks, COUNT_SLICE))  # a bounded slice of paragraph copies at a time
+            held, chars = [], 0  # a bounded slice of paragraph copies (and of the tokenizer's Encodings) at a time
+            for b in blocks:
+                held.append(b)
+                chars += b.end - b.start
+                if len(held) == COUNT_SLICE or chars >= COUNT_CHARS:
+                    break
             if not held:
                 break
             for b, n in zip(held, self.count_tokens([text[b.start:b.end] for b in held])):

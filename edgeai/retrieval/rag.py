@@ -424,11 +424,12 @@ class RAG:
         from a re-added folder) and chunks (embedded now).
 
         Streamed, so memory stays a few times the text whatever its size: files are read in pieces and chunked
-        one at a time (loaders.stream_file), and chunks are embedded and written EMBED_BATCH at a time (a batch may hold the end of one
-        file and the start of the next, so small files still make full, length-sorted batches). Each file's
-        chunks replace its old ones in one store transaction, however many batches it spans; the index follows
-        each batch, and is saved once at the end. If anything fails, the file being written is rolled back in
-        the store and in the index (files finished before it stay), and the index is saved before raising."""
+        one at a time (loaders.stream_file), and chunks are embedded and written EMBED_BATCH at a time (a batch
+        may hold the end of one file and the start of the next, so small files still make full, length-sorted
+        batches). Each file's chunks replace its old ones in one store transaction, however many batches it
+        spans; the index follows each batch, and is saved once at the end. If anything fails, the file being
+        read or written is rolled back in the store and in the index (files finished before it stay), and the
+        index is saved before raising."""
         stats = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0}
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
