@@ -173,7 +173,7 @@ class StreamText:
             self.eof = True
             return False
         buf, self._buf = self._buf, ""
-        drop = self._keep - self._base
+        drop = min(self._keep - self._base, len(buf))
         if drop > 0 and drop * 2 >= len(buf):  # copy the live tail only when it is at most half the buffer
             buf, self._base = buf[drop:], self._keep
         buf += piece  # `buf` is the only reference: CPython appends in place
@@ -246,10 +246,9 @@ class _LineReader:
         if tail is not None:
             body = tail[:-1] if tail[-1] == "\r" else tail
             if body and (self.long is not None or len(body) > LONG_LINE):  # long already: pass on what there is
-                blank = not body.strip()
-                self.ready.append(_Line(off, off + len(body), None, blank if self.long is None else self.long and blank,
-                                        self.long is None, body[:8]))
-                self.long = self.ready[-1].blank
+                first = self.long is None
+                self.long = (first or self.long) and not body.strip()
+                self.ready.append(_Line(off, off + len(body), None, self.long, first, body[:8]))
                 off += len(body)
         self.pos = off
         return True
