@@ -16,6 +16,8 @@ The indexing pipeline is what is measured; the embedder's own working memory (OR
 Each run is `/usr/bin/time -v python -m edgeai.cli index PATH --index NEW --model THIN` in its own process, with
 the edgeai of each --code checkout (default: this one), runs interleaved. Reported: the peak RSS, the peak
 RSS of indexing a 1 KB file (imports, ORT session, empty index: the fixed part), and (peak - fixed) / MB of text.
+--timeout / --max-mb stop a run that takes too long or too much memory (the box is shared): it is reported
+with "stopped" and the largest resident size seen.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,18 +109,52 @@ def make_corpus(files: list, mb: float, layout: str, dest: Path) -> Path:
     return out
 
 
-def run_index(code: Path, path: Path, model: Path, work: Path) -> dict:
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of the processes in a process group (the run), from /proc."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid:
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 2 ** 20
+
+
+def run_index(code: Path, path: Path, model: Path, work: Path, timeout: float = 0, max_mb: float = 0) -> dict:
+    """One `edgeai index` run; with timeout / max_mb, a run past either is killed and reported as stopped (its
+    peak is then the largest resident size seen, sampled every 0.5 s): the box is shared."""
     idx = Path(tempfile.mkdtemp(dir=work, prefix="idx"))
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "edgeai.cli", "index", str(path), "--index", str(idx),
            "--model", str(model)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", out.stderr).group(1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=tempfile.gettempdir(), start_new_session=True)
+    start, seen, stopped = time.monotonic(), 0.0, None
+    while True:
+        try:
+            _, err = proc.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            seen = max(seen, _group_rss_mb(proc.pid))
+            if timeout and time.monotonic() - start > timeout:
+                stopped = f"stopped after {timeout:g} s"
+            elif max_mb and seen > max_mb:
+                stopped = f"stopped above {max_mb:g} MB"
+            if stopped:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                shutil.rmtree(idx)
+                return {"peak_mb": round(seen, 1), "wall_s": round(time.monotonic() - start, 1), "chunks": None,
+                        "stopped": stopped}
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1)) / 1024
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", err).group(1)
     secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.split(":"))))
-    chunks = re.search(r"\((\d+) chunks\)", out.stderr)
+    chunks = re.search(r"\((\d+) chunks\)", err)
     shutil.rmtree(idx)
     return {"peak_mb": round(rss, 1), "wall_s": round(secs, 1), "chunks": int(chunks.group(1)) if chunks else None}
 
@@ -140,7 +178,10 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=0, help="MiniLM layers kept (0-6)")
     ap.add_argument("--work", type=Path, default=None, help="where the embedder and corpora go (kept)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=0, help="stop a run after this many seconds (0: never)")
+    ap.add_argument("--max-mb", type=float, default=0, help="stop a run whose resident size passes this (0: never)")
     a = ap.parse_args(argv)
+    a.code = [c.resolve() for c in a.code]  # runs start in the temp folder: a relative path would import another edgeai
     work = a.work or Path(tempfile.mkdtemp(prefix="index_memory"))
     work.mkdir(parents=True, exist_ok=True)
     model = build_thin_minilm(a.minilm_src or default_minilm_src(), work / f"minilm-{a.layers}layers", a.layers)
@@ -159,9 +200,9 @@ def main(argv=None) -> int:
                 make_corpus(files, mb, layout, corpus)
             target = corpus if layout == "folder" else next(corpus.iterdir())
             for c in a.code:  # interleaved: each size and layout runs every checkout before the next one
-                r = run_index(c, target, model, work)
+                r = run_index(c, target, model, work, a.timeout, a.max_mb)
                 r.update(code=str(c), layout=layout, text_mb=mb,
-                         mb_per_text_mb=round((r["peak_mb"] - fixed[str(c)]) / mb, 2))
+                         mb_per_text_mb=None if "stopped" in r else round((r["peak_mb"] - fixed[str(c)]) / mb, 2))
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     if a.json:

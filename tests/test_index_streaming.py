@@ -152,3 +152,74 @@ def test_files_from_an_older_extraction_are_rechunked(tiny_embed_model, tmp_path
     # A changed chunker setting is a different chunking too.
     other = RAG(None, Embedder(tiny_embed_model), tmp_path / "ix", chunker=Chunker(max_tokens=64, overlap_tokens=8))
     assert other.chunking_id() != current and other.add([docs])["updated"] == 3
+
+
+def test_capacity_grows_boundedly_and_does_not_change_the_saved_file(tmp_path):
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((3000, 8)).astype(np.float32)
+    small, large = VectorIndex(8, capacity=16), VectorIndex(8, capacity=5000)
+    for a in range(0, len(vecs), 100):
+        ids = [f"v{i}" for i in range(a, a + 100)]
+        small.add(vecs[a:a + 100], ids)
+        large.add(vecs[a:a + 100], ids)
+        assert small._index.get_max_elements() <= max(16, int(1.5 * (a + 100)) + 100)
+    small.delete(["v3", "v7"])
+    large.delete(["v3", "v7"])
+    small.save(tmp_path / "small.vidx")
+    large.save(tmp_path / "large.vidx")
+    assert (tmp_path / "small.vidx").read_bytes() == (tmp_path / "large.vidx").read_bytes()
+    again = VectorIndex.load(tmp_path / "small.vidx")
+    again.save(tmp_path / "again.vidx")
+    assert (tmp_path / "again.vidx").read_bytes() == (tmp_path / "small.vidx").read_bytes()
+
+
+def test_add_hashes_while_streaming_and_skips_unchanged_files_unparsed(tiny_embed_model, tmp_path, monkeypatch):
+    import hashlib
+
+    from edgeai.retrieval import loaders
+
+    docs = _corpus(tmp_path / "docs", files=3)
+    rag = RAG(None, Embedder(tiny_embed_model), tmp_path / "idx")
+    rag.add([docs])
+    for f in sorted(docs.iterdir()):
+        assert rag.store.file_digest(str(f.resolve())) == hashlib.sha256(f.read_bytes()).hexdigest()
+
+    def no_parse(text):
+        raise AssertionError("an unchanged file was parsed")
+        yield
+
+    monkeypatch.setattr(loaders, "_markdown_blocks", no_parse)
+    assert rag.add([docs])["unchanged"] == 3
+
+
+def test_a_read_failing_inside_a_streamed_file_rolls_back_only_that_file(tiny_embed_model, tmp_path, monkeypatch):
+    """The file's text is read while its chunks are written (several batches here): a read error part-way
+    through rolls back that file alone, in the store and in the index."""
+    from edgeai.retrieval import loaders
+
+    docs = _corpus(tmp_path / "docs", files=3, paragraphs=120)
+    rag = RAG(None, Embedder(tiny_embed_model), tmp_path / "idx")
+    rag.add([docs])
+    before, _ = _contents(rag)
+    _corpus(tmp_path / "docs", seed=1, files=3, paragraphs=120)
+    monkeypatch.setattr(rag_mod, "EMBED_BATCH", 8)
+    monkeypatch.setattr(loaders, "READ_BYTES", 200)
+    real = loaders._pieces
+
+    def failing(path):
+        for i, piece in enumerate(real(path)):
+            if path.name == "p1.md" and i == 8:
+                raise OSError(5, "Input/output error")
+            yield piece
+
+    monkeypatch.setattr(loaders, "_pieces", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        rag.add([docs])
+    after, _ = _contents(rag)
+
+    def of(rows, name):
+        return [c for c in rows if c[0].startswith(str((docs / name).resolve()) + "#")]
+
+    assert of(after, "p0.md") != of(before, "p0.md")  # finished before the failure: kept
+    assert of(after, "p1.md") == of(before, "p1.md") and of(after, "p2.md") == of(before, "p2.md")
+    _index_matches_store(rag)

@@ -12,8 +12,8 @@ tiny siblings, and are then filed under the parent's heading path. On its own su
 heading, so its embedding sits close to any question naming the topic and out-ranks the section that
 actually answers (`csv.unix_dialect` above `csv.reader`); inside its parent it is still found by its words.
 Token counts come from batched calls of the (Rust) tokenizer (COUNT_SLICE paragraphs each), so the Python loop
-only adds integers; that keeps chunking far cheaper than embedding. Chunks are made lazily (`iter_split`), so
-indexing a huge file never holds all of its chunks.
+only adds integers; that keeps chunking far cheaper than embedding. Chunks are made lazily (`iter_split`) from
+blocks as they come, so indexing a huge (streamed) file holds neither all of its chunks nor all of its blocks.
 
 A chunk also spans at most `max_chars` characters: text with few tokens per character (a long run without
 spaces is one [UNK] per 100 characters) would otherwise pack many paragraphs into one huge chunk.
@@ -46,10 +46,54 @@ class Chunk:
 
 
 COUNT_SLICE = 512  # paragraphs whose token counts are taken in one tokenizer call
+# ... and at most this many characters: 512 paragraphs of a minified file (4,000 characters each) made ~2 MB of
+# copies and ~0.5 M tokens of Encodings (~100 bytes a token) at once
+COUNT_CHARS = 1 << 17
 
 
 def _whitespace_tokens(texts: Sequence[str]) -> List[int]:
     return [len(t.split()) for t in texts]
+
+
+class _Pack:
+    """Packs one section's blocks (tiny sections folded in) into chunks as they are added: paragraph by paragraph
+    up to max_tokens / max_chars, the next chunk starting with the last paragraphs of the one before (overlap);
+    a paragraph over max_tokens alone is cut into token windows."""
+
+    def __init__(self, chunker: "Chunker", doc: Document, section: Tuple[str, ...]):
+        self.c, self.doc, self.section = chunker, doc, section
+        self.cur: List[Tuple[Block, int]] = []  # (block, tokens) of the chunk being filled
+        self.n = 0
+
+    def _chunk(self, s: int, e: int, n: int) -> Chunk:
+        return Chunk(self.doc.source, self.section, s, e, self.doc.text[s:e], n)
+
+    def add(self, b: Block, n: int) -> Iterator[Chunk]:
+        c, cur = self.c, self.cur
+        if n > c.max_tokens:  # too long on its own: flush, then window it
+            if cur and not all(x.level for x, _ in cur):
+                yield self._chunk(cur[0][0].start, cur[-1][0].end, self.n)
+            for s, e, k in c._windows(self.doc.text, b.start, b.end):
+                yield self._chunk(s, e, k)
+            self.cur, self.n = [], 0
+            return
+        if cur and (self.n + n > c.max_tokens or b.end - cur[0][0].start > c.max_chars):
+            yield self._chunk(cur[0][0].start, cur[-1][0].end, self.n)
+            keep: List[Tuple[Block, int]] = []  # overlap: trailing paragraphs of the chunk just emitted
+            kn = 0
+            for x, xn in reversed(cur):
+                if kn + xn > c.overlap or kn + xn + n > c.max_tokens or b.end - x.start > c.max_chars:
+                    break
+                keep.insert(0, (x, xn))
+                kn += xn
+            self.cur, self.n = keep, kn
+        self.cur.append((b, n))
+        self.n += n
+
+    def finish(self) -> Iterator[Chunk]:
+        # A section that is only a heading still yields a chunk: the title alone is searchable.
+        if self.cur:
+            yield self._chunk(self.cur[0][0].start, self.cur[-1][0].end, self.n)
 
 
 class Chunker:
@@ -99,74 +143,69 @@ class Chunker:
         return list(self.iter_split(doc))
 
     def iter_split(self, doc: Document) -> Iterator[Chunk]:
-        """The chunks of `doc`, in order, made as they are consumed: besides the document itself, only its
-        block list and one token count per block are held, so a huge file does not hold all its chunks."""
+        """The chunks of `doc`, in order, made as they are consumed, from its blocks as they come: a section's
+        chunks are made as its blocks arrive (a section that may be tiny waits until it has enough text or
+        ends), so besides one slice of blocks (COUNT_SLICE, COUNT_CHARS), only the blocks of the chunk being
+        filled are held. A streamed document's text (loaders.StreamText) is told what is no longer needed."""
         text = doc.text
-        path: List[Tuple[int, str]] = []  # (level, title) stack
-        sections: List[Tuple[Tuple[str, ...], List[int]]] = []  # (heading path, indices into doc.blocks)
-        for i, b in enumerate(doc.blocks):
-            if b.level:
-                while path and path[-1][0] >= b.level:
-                    path.pop()
-                path.append((b.level, b.title))
-                sections.append((tuple(t for _, t in path), [i]))  # the heading opens its section's text
-            else:
-                if not sections:
-                    sections.append(((), []))
-                sections[-1][1].append(i)
-        blocks = doc.blocks
-        counts: List[int] = []
-        for a in range(0, len(blocks), COUNT_SLICE):  # a bounded slice of paragraph copies at a time
-            counts += self.count_tokens([text[b.start:b.end] for b in blocks[a:a + COUNT_SLICE]])
-        sections = self._merge_tiny(sections, blocks, counts)
+        release = getattr(text, "release", None)
+        heads: List[Tuple[int, str]] = []  # (level, title) stack
+        pack: Optional[_Pack] = None  # the section being made into chunks (tiny sections folded in)
+        sec: Optional[list] = None  # the section being read: [heading path, held (block, count)s, body tokens]
 
-        def chunk(section, s, e, n):
-            return Chunk(doc.source, section, s, e, text[s:e], n)
+        def new_pack(section):
+            nonlocal pack
+            if pack is not None:
+                yield from pack.finish()
+            pack = _Pack(self, doc, section)
 
-        for section, members in sections:
-            cur: List[int] = []
-            cur_n = 0
-            for i in members:
-                n = counts[i]
-                if n > self.max_tokens:  # too long on its own: flush, then window it
-                    if cur and not all(blocks[x].level for x in cur):
-                        yield chunk(section, blocks[cur[0]].start, blocks[cur[-1]].end, cur_n)
-                    for s, e, k in self._windows(text, blocks[i].start, blocks[i].end):
-                        yield chunk(section, s, e, k)
-                    cur, cur_n = [], 0
-                    continue
-                if cur and (cur_n + n > self.max_tokens or blocks[i].end - blocks[cur[0]].start > self.max_chars):
-                    yield chunk(section, blocks[cur[0]].start, blocks[cur[-1]].end, cur_n)
-                    keep: List[int] = []  # overlap: trailing paragraphs of the chunk just emitted
-                    kn = 0
-                    for x in reversed(cur):
-                        if kn + counts[x] > self.overlap or kn + counts[x] + n > self.max_tokens \
-                                or blocks[i].end - blocks[x].start > self.max_chars:
-                            break
-                        keep.insert(0, x)
-                        kn += counts[x]
-                    cur, cur_n = keep, kn
-                cur.append(i)
-                cur_n += n
-            # A section that is only a heading still yields a chunk: the title alone is searchable.
-            if cur:
-                yield chunk(section, blocks[cur[0]].start, blocks[cur[-1]].end, cur_n)
+        def decide():  # `sec` is not tiny: it has its own chunks, and its later blocks go straight to them
+            yield from new_pack(sec[0])
+            for b, n in sec[1]:
+                yield from pack.add(b, n)
+            sec[1] = None
 
-    def _merge_tiny(self, sections, blocks: List[Block], counts: List[int]):
-        """Fold each tiny section into the section before it when that one is its parent (or an earlier tiny
-        sibling already folded there), so spans stay contiguous; the result is filed under the parent."""
-        out: List[Tuple[Tuple[str, ...], List[int]]] = []
-        for path, members in sections:
-            body = sum(counts[i] for i in members if not blocks[i].level)
-            if len(path) > 1 and body < self.min_section_tokens:
-                parent = path[:-1]
-                if out and out[-1][0] == parent:
-                    out[-1][1].extend(members)
+        def close():  # `sec` ends: undecided means tiny, folded into its parent's chunks (module docstring)
+            if sec is not None and sec[1] is not None:
+                if pack is None or pack.section != sec[0][:-1]:
+                    yield from new_pack(sec[0][:-1])
+                for b, n in sec[1]:
+                    yield from pack.add(b, n)
+
+        blocks = iter(doc.blocks)
+        last = None
+        while True:
+            held, chars = [], 0  # a bounded slice of paragraph copies (and of the tokenizer's Encodings) at a time
+            for b in blocks:
+                held.append(b)
+                chars += b.end - b.start
+                if len(held) == COUNT_SLICE or chars >= COUNT_CHARS:
+                    break
+            if not held:
+                break
+            for b, n in zip(held, self.count_tokens([text[b.start:b.end] for b in held])):
+                if b.level:
+                    yield from close()
+                    while heads and heads[-1][0] >= b.level:
+                        heads.pop()
+                    heads.append((b.level, b.title))
+                    sec = [tuple(t for _, t in heads), [(b, n)], 0]  # the heading opens its section's text
                 else:
-                    out.append((parent, list(members)))
-                continue
-            out.append((path, list(members)))
-        return out
+                    if sec is None:
+                        sec = [(), [], 0]
+                    sec[2] += n
+                    if sec[1] is None:
+                        yield from pack.add(b, n)
+                    else:
+                        sec[1].append((b, n))
+                if sec[1] is not None and (len(sec[0]) <= 1 or sec[2] >= self.min_section_tokens):
+                    yield from decide()
+            last = held[-1]
+            if release is not None:
+                release(min([x[0][0].start for x in (pack and pack.cur, sec and sec[1]) if x] or [last.end]))
+        yield from close()
+        if pack is not None:
+            yield from pack.finish()
 
     def split_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
         for d in docs:

@@ -50,6 +50,12 @@ _FILE_PARAMS = {"dim": (1, 1 << 16), "M": (2, 2048), "ef_construction": (1, 1 <<
                 "seed": (0, 2 ** 63 - 1)}
 LEGACY_TEMP_AGE_S = 3600  # temp files of earlier versions carry no pid: removed once this old
 _EMPTY = MappingProxyType({})  # metadata of items added without any: one shared read-only mapping, not n dicts
+# Capacity growth when an add does not fit. Unused capacity costs little memory: hnswlib reallocs its vector and
+# link table (untouched pages are not resident, and a large realloc is a remap, not old + new during a copy),
+# so an empty slot costs its lock, level and visited-list entries only (~46 bytes). Measured on 41,567 random
+# 384-d vectors: peak 113.9 MB at a 65,536-slot capacity (x2 growth), 113.3 MB at 52,488 (x1.5), 111.1 MB exact;
+# resize_index itself added nothing to the peak. 1.5 keeps the table within 1.5x of the need.
+GROWTH = 1.5
 
 
 class Hit(NamedTuple):
@@ -140,7 +146,7 @@ _GRAPH_HEADER = struct.Struct("<6QiI3QdQ")  # hnswlib 0.8 HierarchicalNSW::saveI
 def _check_graph(blob, dim: int, M: int, labels_live, n_deleted: int) -> bytearray:
     """Check hnswlib graph bytes before hnswlib reads them: it trusts its file, and a wrong size, neighbour id
     or label would make it read out of bounds. ValueError saying what is wrong. Returns the bytes with the
-    capacity set to the element count: hnswlib allocates the capacity a file states, and add() grows it anyway."""
+    capacity set to the element count (_capacity_is_count)."""
     if len(blob) < _GRAPH_HEADER.size:
         raise ValueError("graph shorter than its header")
     (off0, max_el, count, per_el, label_off, data_off, maxlevel, entry, maxM, maxM0, m, mult,
@@ -202,9 +208,16 @@ def _check_graph(blob, dim: int, M: int, labels_live, n_deleted: int) -> bytearr
     top = int(level.max()) if count else -1
     if count and (maxlevel != top or entry >= count or level[entry] != top) or not count and maxlevel != -1:
         raise ValueError("graph entry point or level is out of range")
-    out = bytearray(blob)
-    struct.pack_into("<Q", out, 8, max(count, 16))
-    return out
+    return _capacity_is_count(bytearray(blob))
+
+
+def _capacity_is_count(graph: bytearray) -> bytearray:
+    """The graph bytes (at least their header) with the capacity hnswlib states set to the element count (16 at
+    least): hnswlib allocates the capacity a file states, and add() grows it anyway; and a saved index does not
+    depend on how its capacity grew."""
+    (count,) = struct.unpack_from("<Q", graph, 16)
+    struct.pack_into("<Q", graph, 8, max(count, 16))
+    return graph
 
 
 def fsync_replace(tmp: Path, target: Path) -> None:
@@ -332,7 +345,7 @@ class VectorIndex:
             free = self._index.get_max_elements() - self._index.get_current_count() + self._deleted
             if n > free:
                 need = self._index.get_max_elements() + (n - free)
-                self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
+                self._index.resize_index(max(need, int(GROWTH * self._index.get_max_elements())))
             labels = np.arange(self._next_label, self._next_label + n, dtype=np.uint64)
             self._next_label += n
             reuse = min(self._deleted, n)
@@ -462,7 +475,8 @@ class VectorIndex:
             tmp = _temp_file(path)
             with open(tmp, "wb") as f, open(graph_file, "rb") as g:
                 f.write(MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + bytes(32) + header)
-                for piece in itertools.chain([struct.pack("<Q", glen)], iter(lambda: g.read(1 << 20), b""),
+                first = bytes(_capacity_is_count(bytearray(g.read(1 << 20))))  # holds the graph's header
+                for piece in itertools.chain([struct.pack("<Q", glen), first], iter(lambda: g.read(1 << 20), b""),
                                              [table_json]):
                     digest.update(piece)
                     f.write(piece)

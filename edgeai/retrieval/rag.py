@@ -58,7 +58,6 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..manifest import sha256_file
 from .chunker import Chunker
 from .defuse import defuse
 from .docstore import DocStore
@@ -424,12 +423,13 @@ class RAG:
         """Index files/folders incrementally. Returns counts: added, updated, unchanged, removed (files gone
         from a re-added folder) and chunks (embedded now).
 
-        Streamed, so memory stays a few times the text whatever its size: files are loaded and chunked one at
-        a time, and chunks are embedded and written EMBED_BATCH at a time (a batch may hold the end of one
-        file and the start of the next, so small files still make full, length-sorted batches). Each file's
-        chunks replace its old ones in one store transaction, however many batches it spans; the index follows
-        each batch, and is saved once at the end. If anything fails, the file being written is rolled back in
-        the store and in the index (files finished before it stay), and the index is saved before raising."""
+        Streamed, so memory stays a few times the text whatever its size: files are read in pieces and chunked
+        one at a time (loaders.stream_file), and chunks are embedded and written EMBED_BATCH at a time (a batch
+        may hold the end of one file and the start of the next, so small files still make full, length-sorted
+        batches). Each file's chunks replace its old ones in one store transaction, however many batches it
+        spans; the index follows each batch, and is saved once at the end. If anything fails, the file being
+        read or written is rolled back in the store and in the index (files finished before it stay), and the
+        index is saved before raising."""
         stats = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 0}
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -446,17 +446,19 @@ class RAG:
         rewritten = set()
         writer = _BatchWriter(self, stats, show_progress)
         try:
-            for doc in map(refine_sphinx, load_paths(paths)):  # Sphinx HTML: API entries as sections, no sidebars
+            # Streamed: a file's digest comes from a first read, its blocks only if it has changed (Sphinx HTML:
+            # API entries as sections, no sidebars)
+            for doc in map(refine_sphinx, load_paths(paths, stream=True)):
                 p = Path(doc.source)
                 key = str(p.resolve())
-                digest = sha256_file(p)
+                digest = doc.digest
                 old = self.store.file_digest(key)
                 if old == digest and not stale:
                     stats["unchanged"] += 1
                     continue
                 stats["updated" if old else "added"] += 1
                 rewritten.add(key)
-                writer.file(key, digest, p.stat().st_size, self.chunker.iter_split(doc))
+                writer.file(key, digest, doc.size, self.chunker.iter_split(doc))
             writer.flush()
             if not stale or rewritten.issuperset(self.store.files()):
                 self.store.set_meta("chunking", chunking)
@@ -638,8 +640,23 @@ class _BatchWriter:
 
     def file(self, key: str, digest: str, size: int, chunks) -> None:
         f = (key, digest, size)
-        for i, c in enumerate(chunks):
+        chunks = iter(chunks)
+        i = 0
+        while True:
+            try:
+                c = next(chunks, None)
+            except Exception:
+                # Reading or chunking this file failed part-way (a streamed file is read while its chunks are
+                # written). The files queued before it are complete: write them; drop this one's chunks (if some
+                # were written already, the caller rolls it back).
+                self.queue = [e for e in self.queue if e[1] is not f]
+                self.n_chunks = sum(e[0] == "chunk" for e in self.queue)
+                self.flush()
+                raise
+            if c is None:
+                break
             self.queue.append(("chunk", f, i, c))
+            i += 1
             self.n_chunks += 1
             if self.n_chunks >= EMBED_BATCH:
                 self.flush()

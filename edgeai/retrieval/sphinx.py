@@ -14,6 +14,8 @@ unchanged: the text stays as the loader extracted it. A document without Sphinx'
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .loaders import Block, Document
 
 PERMALINK = "¶"
@@ -48,4 +50,4 @@ def refine(doc: Document) -> Document:
             out.append(Block(b.start, b.end, min(level + 1, 6), text.rstrip(PERMALINK).strip()))
         else:
             out.append(b)
-    return Document(doc.source, doc.text, out)
+    return replace(doc, blocks=out)
