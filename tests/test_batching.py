@@ -247,12 +247,17 @@ def test_stream_cancel_ends_one_batched_generation(tiny_fp32):
         LLM(tiny_fp32, max_batch=0)
 
 
-def test_many_threads_with_random_cancels():
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_many_threads_with_random_cancels(cache_bytes):
     """8 threads submit, a ninth cancels random ones at random moments (queued, prefilling or decoding):
-    every sequence is a prefix of its solo run, complete unless cancelled; nothing hangs."""
+    every sequence is a prefix of its solo run, complete unless cancelled; nothing hangs. With the prefix
+    cache the prompts share a 13-token start, so rows join from restored prefixes (the fake's logits depend on
+    every position a row holds: a wrong restore would show)."""
     n, vocab = 8, 5000
-    be = _core.BatchEngine(_core.FakeForward(vocab), 2, 1, 4, 512, vocab, 3, 8, True)
+    be = _core.BatchEngine(_core.FakeForward(vocab), 2, 1, 4, 512, vocab, 3, 8, True, False, cache_bytes)
     prompts = _prompts(n, seed=7, lo=1, hi=60, vocab=vocab)
+    if cache_bytes:
+        prompts = [list(range(100, 113)) + p for p in prompts]
     rng = random.Random(3)
     victims = rng.sample(range(n), 4)
     done = threading.Event()
@@ -282,6 +287,7 @@ def test_many_threads_with_random_cancels():
             assert i in victims
     assert any(results[v]["finish_reason"] == "cancelled" for v in victims)
     assert be.stats["running"] == be.stats["queued"] == 0
+    assert (be.stats["reused_prompt_tokens"] > 0) == bool(cache_bytes)
 
 
 # --------------------------------------------------------------------------- the batch engine's prefix cache
