@@ -1,6 +1,7 @@
 #include "batch_engine.h"
 
 #include <algorithm>
+#include <new>
 #include <stdexcept>
 
 namespace edgeai {
@@ -111,7 +112,11 @@ void BatchEngine::cache_prompt(const Seq& s, int last_chunk) {
     std::lock_guard<std::mutex> state(state_mu_);
     if (cache_.capacity() == 0 || !s.p->use_prompt_cache || keep <= s.reused || keep < 2) return;
     if (static_cast<size_t>(keep) * kv_.bytes_per_position() > cache_.capacity()) return;  // would not fit
-    cache_.insert(std::vector<int32_t>(s.prompt->begin(), s.prompt->begin() + keep), kv_.snapshot(keep, s.slot));
+    try {
+        cache_.insert(std::vector<int32_t>(s.prompt->begin(), s.prompt->begin() + keep), kv_.snapshot(keep, s.slot));
+    } catch (const std::bad_alloc&) {
+        // The cache only saves work: no memory for a snapshot must not fail the request that was prefilled.
+    }
 }
 
 bool BatchEngine::cancel(uint64_t id) {
@@ -220,6 +225,7 @@ void BatchEngine::step() {
         if (prefill) {
             Seq& s = *joiner;
             const auto& prompt = *s.prompt;
+            fed.push_back(&s);  // from here a failure ends this sequence with the error (catch below)
             if (s.pos == 0) {
                 s.prefill_t0 = Clock::now();
                 s.reused = s.pos = reuse_prefix(s);
@@ -229,7 +235,6 @@ void BatchEngine::step() {
             const int len = std::min(prefill_chunk_ - s.pos % prefill_chunk_, static_cast<int>(prompt.size()) - s.pos);
             tokens_.assign(prompt.begin() + s.pos, prompt.begin() + s.pos + len);
             past_.assign(1, s.pos);
-            fed.push_back(&s);
             run_forward(s.slot, 1, len, fed);
             s.pos += len;
             last_was_prefill_ = true;
