@@ -25,7 +25,6 @@ struct BatchEngine::Seq {
     bool decoding = false;         // prefill done: `next` waits to be fed
     int32_t next = -1;
     int reused = 0;                // prompt positions restored from the prefix cache
-    int last_chunk = 0;            // rows of the latest prefill chunk
     Clock::time_point arrived, prefill_t0, first_token;
     double forward_s = 0, decode_forward_s = 0, prefill_s = 0;
     int decode_steps = 0;
