@@ -75,7 +75,7 @@ def load_llms(specs, threads=None, context_length=None, max_batch=1, batch_invar
             raise ValueError(f"two --model entries are both named {ident!r}: name one ID=FOLDER")
         llm = LLM(target, threads=threads, context_length=context_length, max_batch=max_batch,
                   batch_invariant=batch_invariant, draft=draft, prompt_cache=prompt_cache_mb > 0,
-                  prompt_cache_mb=max(prompt_cache_mb, 1))
+                  prompt_cache_mb=prompt_cache_mb)
         out[ident] = ServedLLM(ident, llm, folder_digest(llm.model_dir), threads)
     return out
 
