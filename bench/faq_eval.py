@@ -6,6 +6,7 @@ or one of its subsections. Reports recall@1, recall@5 and MRR (over the first 20
 
   python bench/faq_eval.py --model minilm-l6 [--quant fp32 q8] [--faq-dir DIR]       # FAQ pages, in memory
   python bench/faq_eval.py --whole [--faq-dir DIR]      # the package's whole doc folder, 3 modes side by side
+  python bench/faq_eval.py --expand-llm qwen2.5-coder-0.5b   # FAQ pages, hybrid, without/with the code sketch
 
 Without --faq-dir the package is fetched with `apt-get download debian-faq` and unpacked with dpkg -x into
 <cache>/bench/debian-faq (outside the repository). --whole indexes everything the package installs under
@@ -50,35 +51,46 @@ def section_number(section) -> str | None:
     return None
 
 
-def evaluate(model: str, quant: str, faq_html: Path, questions: list, k_chunks: int = 20) -> dict:
+def evaluate(model: str, quant: str, faq_html: Path, questions: list, k_chunks: int = 20,
+             expand_llm=None) -> dict:
+    """Dense retrieval over the FAQ pages; with expand_llm (an LLM) hybrid instead, without and with the LLM's
+    code sketch (expansion.py: a Python sketch must add nothing to documents that hold none of its names)."""
     from edgeai.retrieval.embedder import Embedder
     from edgeai.retrieval.index import VectorIndex
     from edgeai.retrieval.rag import RAG
 
     emb = Embedder(model, quant=quant)
     files = sorted(faq_html.glob("*.en.html"))  # the *.html copies are the same pages
-    with tempfile.TemporaryDirectory() as td:
-        rag = RAG(None, emb, VectorIndex(emb.dims, capacity=4096), mode="dense")  # as measured before
+    rag = RAG(None, emb, VectorIndex(emb.dims, capacity=4096), mode="dense" if expand_llm is None else "hybrid",
+              expand=True)  # dense: as measured before
+    t = time.perf_counter()
+    stats = rag.add(files, show_progress=False)
+    index_s = time.perf_counter() - t
+    if expand_llm is not None:
+        out = {}
+        for name, llm in (("hybrid", None), ("hybrid+sketch", expand_llm)):
+            rag.llm = llm
+            out[name] = _ranks(rag, questions, k_chunks)
+        return {"model": str(model), "chunks": stats["chunks"], **out}
+    return {"model": str(model), "quant": emb.quant, "files": stats["added"], "chunks": stats["chunks"],
+            "index_seconds": round(index_s, 2), **_ranks(rag, questions, k_chunks)}
+
+
+def _ranks(rag, questions: list, k_chunks: int) -> dict:
+    ranks, lat = [], []
+    for item in questions:
         t = time.perf_counter()
-        stats = rag.add(files, show_progress=False)
-        index_s = time.perf_counter() - t
-        ranks, lat = [], []
-        for item in questions:
-            t = time.perf_counter()
-            got = rag.retrieve(item["q"], k=k_chunks)
-            lat.append(time.perf_counter() - t)
-            seen = []
-            for chunk, _ in got:
-                s = section_number(chunk["section"])
-                if s and s not in seen:
-                    seen.append(s)
-            want = item["section"]
-            rank = next((i + 1 for i, s in enumerate(seen) if s == want or s.startswith(want + ".")), None)
-            ranks.append(rank)
-        del td
+        got = rag.retrieve(item["q"], k=k_chunks)
+        lat.append(time.perf_counter() - t)
+        seen = []
+        for chunk, _ in got:
+            s = section_number(chunk["section"])
+            if s and s not in seen:
+                seen.append(s)
+        want = item["section"]
+        ranks.append(next((i + 1 for i, s in enumerate(seen) if s == want or s.startswith(want + ".")), None))
     n = len(ranks)
-    return {"model": str(model), "quant": emb.quant, "questions": n, "files": stats["added"],
-            "chunks": stats["chunks"], "index_seconds": round(index_s, 2),
+    return {"questions": n,
             "recall@1": round(sum(1 for r in ranks if r == 1) / n, 3),
             "recall@5": round(sum(1 for r in ranks if r and r <= 5) / n, 3),
             "mrr": round(sum(1 / r for r in ranks if r) / n, 3),
@@ -94,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
     ap.add_argument("--whole", action="store_true", help="index the whole doc folder; dense/lexical/hybrid")
+    ap.add_argument("--expand-llm", default=None, metavar="NAME",
+                    help="FAQ pages, hybrid, without and with this LLM's code sketch (`edgeai ask`'s expansion)")
     ap.add_argument("--index", type=Path, default=None,
                     help="--whole: index folder (default <cache>/bench/index-debian-faq-MODEL)")
     args = ap.parse_args(argv)
@@ -111,6 +125,17 @@ def main(argv=None) -> int:
         print_table(f"{folder} ({len(questions)} questions)", res, build)
         if args.json:
             args.json.write_text(json.dumps({"docs": str(folder), "build": build, "results": res}, indent=2))
+        return 0
+    if args.expand_llm:
+        from edgeai import LLM
+        with LLM(args.expand_llm) as llm:
+            res = evaluate(args.model, args.quant[0], args.faq_dir, questions, expand_llm=llm)
+        for name in ("hybrid", "hybrid+sketch"):
+            r = res[name]
+            print(f"{name:14} R@1 {r['recall@1']:.3f}  R@5 {r['recall@5']:.3f}  MRR {r['mrr']:.3f}  "
+                  f"query {r['query_ms_median']:.0f} ms")
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
         return 0
     results = [evaluate(args.model, q, args.faq_dir, questions) for q in args.quant]
     print(f"{'quant':6} {'chunks':>6} {'index s':>8} {'R@1':>6} {'R@5':>6} {'MRR':>6} {'query ms':>9}")

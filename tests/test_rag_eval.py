@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeai.evaluate.rag_eval import (PYDOC_CASES, check_answer, citation_checks, is_relevant, load_cases,
-                                      rag_eval)
+from edgeai.evaluate.rag_eval import (PYDOC_CASES, check_answer, chunks_behind, citation_checks, is_relevant,
+                                      load_cases, rag_eval)
 from edgeai.retrieval.index import VectorIndex
 from edgeai.retrieval.rag import RAG, REFUSAL
 from helpers.fakes import BagOfWordsEmbedder
@@ -96,6 +96,14 @@ def test_checks_relevance_and_citations():
     assert citation_checks(text, sources, chunks, case) == [True, False, False, True, False]
     code = "Use it:\n\n```python\ndata = [1, 2]\nrows = [2]\n```\n\nDone [1]."  # lists in code are not citations
     assert citation_checks(code, sources, chunks, case) == [True]
+    # two windows of one long section are two sources, each checked against its own chunk
+    second = dict(reader, text="More about the reader object.")
+    twice = [(1, "/x/csv.md", "csv > csv.reader(csvfile)", 0.6), (2, "/x/csv.md", "csv > csv.writer(csvfile)", 0.5),
+             (3, "/x/csv.md", "csv > csv.reader(csvfile)", 0.4)]
+    behind = chunks_behind(twice, [(reader, 0.6), (writer, 0.5), (second, 0.4)])
+    assert behind == {1: reader, 2: writer, 3: second}
+    assert citation_checks("It returns rows [3].", twice, behind, case) == [True]
+    assert chunks_behind(twice, [(writer, 0.6)]) == {}  # a chunk that is not the source is not used
 
 
 def test_rag_eval_counts_everything(tmp_path):
@@ -134,11 +142,20 @@ def test_cli_eval_rag(tmp_path, tiny_embed_model, capsys, monkeypatch):
 
     docs, cases, idx = _docs(tmp_path), _cases(tmp_path), tmp_path / "idx"
     base = ["eval", "rag", str(cases), "--index", str(idx), "--model", str(tiny_embed_model), "--docs", str(docs)]
+    # retrieval only: without its LLM it retrieves without the code sketch, and says so
+    monkeypatch.setattr(cmd, "_load_llm", lambda name: (None, "no such model"))
     assert main(base + ["--retrieval-only", "--json", str(tmp_path / "a.json")]) == 0
-    out = capsys.readouterr().out
-    assert "5 cases (3 answerable, 2 not)" in out and "recall@1" in out
+    out, err = capsys.readouterr()
+    assert "5 cases (3 answerable, 2 not)" in out and "recall@1" in out and "without the LLM's code sketch" in err
     saved = json.loads((tmp_path / "a.json").read_text())
-    assert saved["meta"]["command"] == "eval rag" and "answers" not in saved
+    assert saved["meta"]["command"] == "eval rag" and "answers" not in saved and saved["meta"]["expand"] is False
+    monkeypatch.setattr(cmd, "_load_llm", lambda name: (ScriptedLLM({"reader": "csv.reader [1]"}), None))
+    assert main(base + ["--retrieval-only", "--json", str(tmp_path / "s.json")]) == 0
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["meta"]["expand"] is True and saved["per_case"][0]["sketch"] == "csv.reader [1] "
+    assert main(base + ["--retrieval-only", "--no-expand", "--json", str(tmp_path / "n.json")]) == 0
+    assert json.loads((tmp_path / "n.json").read_text())["meta"]["expand"] is False
+    capsys.readouterr()
     monkeypatch.setattr(cmd, "_load_llm", lambda name: (ScriptedLLM({"reader": "csv.reader [1]"}), None))
     assert main(base + ["--min-score", "-1", "--compare", str(tmp_path / "a.json"), "--json",
                         str(tmp_path / "b.json")]) == 0

@@ -2,6 +2,7 @@
 optionally saving JSON (`--json`), and comparing against a saved JSON (`--compare`)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -86,15 +87,17 @@ def _rag(args) -> int:
     cases = load_cases(args.questions or PYDOC_CASES)
     rag, folder = _open(args)
     ensure_documents(rag, folder, args.docs)
-    if not args.retrieval_only:
+    if not args.retrieval_only or rag.expand:
         rag.llm, why = _load_llm(args.llm or DEFAULT_LLM)
-        if rag.llm is None:
+        if rag.llm is None and not args.retrieval_only:
             raise SystemExit(f"edgeai eval rag: {why} (--retrieval-only skips the answers)")
+        if rag.llm is None:  # as `edgeai ask` without its LLM: retrieval without the code sketch
+            print(f"edgeai eval rag: {why}; retrieving without the LLM's code sketch", file=sys.stderr)
     r = rag_eval(cases, rag, k=args.k, answer=not args.retrieval_only, max_new_tokens=args.max_new_tokens,
                  progress=True, **({} if args.retrieval_only else
                                    penalty_kwargs(rag.llm, args.repetition_penalty)))
     r["meta"].update(questions=str(args.questions or PYDOC_CASES), index=str(folder),
-                     llm=None if args.retrieval_only else str(args.llm or DEFAULT_LLM))
+                     llm=None if rag.llm is None else str(args.llm or DEFAULT_LLM))
     return _finish(args, r, [format_report(r)], compare_keys=("retrieval", "answers"))
 
 
@@ -159,7 +162,9 @@ def add_parser(sub) -> None:
     q.add_argument("--min-score", type=float, default=None, help="refusal floor (default: as `edgeai ask`)")
     q.add_argument("-k", type=int, default=3, help="sources given to the model (default 3, as `edgeai ask`)")
     q.add_argument("--max-new-tokens", type=int, default=384)
-    q.add_argument("--retrieval-only", action="store_true", help="no LLM: retrieval metrics only")
+    q.add_argument("--retrieval-only", action="store_true",
+                   help="retrieval metrics only (the LLM still writes each question's code sketch unless --no-expand)")
+    q.add_argument("--no-expand", action="store_true", help="as `edgeai ask --no-expand`")
     q.add_argument("--repetition-penalty", type=float, default=None,
                    help="as `edgeai ask` (default: measured per model)")
     q.add_argument("--source-tokens", type=int, default=None,

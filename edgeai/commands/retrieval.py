@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     a.add_argument("--source-tokens", type=int, default=None,
                    help="cut each source to its lines most about the question within N tokens: a shorter prompt "
                         "and a faster first token, at some cost in correctness (default: whole sources)")
+    a.add_argument("--no-expand", action="store_true",
+                   help="don't ask the LLM for a code sketch of the question to search for the APIs it "
+                        "names (a faster first token, lower recall: docs/retrieval.md)")
     a.add_argument("--sources-only", action="store_true", help="print the retrieved sources, no LLM")
     a.set_defaults(func=cmd_ask)
 
@@ -54,7 +57,8 @@ def _open(args, llm=None):
     folder = args.index or _default_index()
     floor = getattr(args, "min_score", None)
     rag = RAG(llm, Embedder(args.model or DEFAULT_MODEL), folder, mode=getattr(args, "mode", None) or "hybrid",
-              min_score=MIN_SCORE if floor is None else floor, source_tokens=getattr(args, "source_tokens", None))
+              min_score=MIN_SCORE if floor is None else floor, source_tokens=getattr(args, "source_tokens", None),
+              expand=not getattr(args, "no_expand", False))
     return rag, folder
 
 

@@ -119,6 +119,14 @@ def citation_checks(text: str, sources: list, chunks: dict, case: dict) -> List[
     return out
 
 
+def chunks_behind(sources: list, retrieved: list) -> dict:
+    """{n: chunk} for an answer's sources, to check its citations against their text. The prompt numbers the
+    retrieved chunks in order, so source n is the n-th chunk; two chunks of one section (a long section's
+    windows) are two sources, each with its own text."""
+    return {n: c for (n, path, section, _), (c, _) in zip(sources, retrieved)
+            if (c["path"], " > ".join(c["section"])) == (path, section)}
+
+
 def _pct(values, q):
     if not values:
         return None
@@ -152,7 +160,12 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
         if case["answerable"]:
             ranks.append(rank)
             file_ranks.append(file_rank)
+        sketch = rag.sketch(case["question"]) if hasattr(rag, "sketch") else ""
+        if sketch:
+            row["sketch"] = sketch
         if answer:
+            if hasattr(rag, "forget_sketches"):
+                rag.forget_sketches()  # the timed ask generates its own sketch, as a user's would
             t0 = time.perf_counter()
             ans = rag.ask(case["question"], k=k, stream=True, max_new_tokens=max_new_tokens, **ask_kwargs)
             ttft = None
@@ -161,14 +174,7 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
                     ttft = time.perf_counter() - t0
             total = time.perf_counter() - t0
             refused = ans.refused or is_refusal(ans.text)
-            by_n = {}
-            if ans.sources:  # the chunks behind the sources, to check citations against their text
-                want = {(p, sec) for _, p, sec, _ in ans.sources}
-                for c, _ in rag.retrieve(case["question"], k=k):
-                    key = (c["path"], " > ".join(c["section"]))
-                    if key in want:
-                        n = next(n for n, p, sec, _ in ans.sources if (p, sec) == key)
-                        by_n.setdefault(n, c)
+            by_n = chunks_behind(ans.sources, rag.retrieve(case["question"], k=k)) if ans.sources else {}
             cites = citation_checks(ans.text, ans.sources, by_n, case)
             failed = check_answer(ans.text, case) if case["answerable"] else []
             correct = (not refused and not failed) if case["answerable"] else refused
@@ -186,6 +192,7 @@ def rag_eval(cases, rag, k: int = 3, ks=(1, 3, 5), answer: bool = True, max_new_
     answerable = [r for r in per if r["answerable"]]
     unanswerable = [r for r in per if not r["answerable"]]
     out = {"meta": run_meta(command="eval rag", mode=getattr(rag, "mode", None), k=k,
+                            expand=bool(getattr(rag, "expand", False) and getattr(rag, "llm", None) is not None),
                             min_score=getattr(rag, "min_score", None)),
            "cases": len(per), "answerable": len(answerable), "unanswerable": len(unanswerable),
            "retrieval": {**score(ranks, ks), **{f"source_{key}": v for key, v in score(file_ranks, ks).items()},

@@ -194,7 +194,13 @@ class DocStore:
 
     def search_lexical(self, question: str, k: int = 20) -> List[Tuple[str, float]]:
         """(chunk id, bm25 score: higher is better) of the k best lexical matches; [] when nothing matches."""
-        expr = match_expression(question)
+        return self._bm25(match_expression(question), k)
+
+    def search_terms(self, terms: List[str], k: int = 20) -> List[Tuple[str, float]]:
+        """Like search_lexical, for index terms given as they are (lexical.terms forms: `json_dumps`)."""
+        return self._bm25(" OR ".join(f'"{t}"' for t in terms if '"' not in t), k)
+
+    def _bm25(self, expr: str, k: int) -> List[Tuple[str, float]]:
         if not expr:
             return []
         q = ("SELECT c.id, -bm25(chunks_fts, ?, ?) AS s FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "

@@ -2,11 +2,12 @@
 
 Retrieval (`retrieve`): the question's embedding finds the nearest chunks (dense), SQLite FTS5 finds the chunks
 sharing its words and identifiers (lexical, bm25; see lexical.py), and the two rankings are fused by reciprocal
-rank (RRF: each list gives 1 / (RRF_K + rank)). Near-duplicate chunks (the same paragraph in two files or two
-overlapping windows) are dropped, keeping the better-ranked one. `mode="dense"` or `"lexical"` uses one side.
-Each hit's score is the cosine between question and chunk embeddings, whichever side found it: that number
-means the same in every mode, and `ask` refuses without calling the LLM when the best one is below
-`min_score` (measured: see docs/retrieval.md).
+rank (RRF: each list gives 1 / (RRF_K + rank)). With an LLM and expand=True, lists of the APIs that the LLM's
+own code sketch for the question names join them, searched lexically (expansion.py). Near-duplicate chunks (the
+same paragraph in two files or two overlapping windows) are dropped, keeping the better-ranked one.
+`mode="dense"` or `"lexical"` uses one side. Each hit's score is the cosine between question and chunk
+embeddings, whichever side found it: that number means the same in every mode, and `ask` refuses without
+calling the LLM when the best one is below `min_score` (measured: see docs/retrieval.md).
 
 Prompt template (fixed; documented here because users and tests rely on it):
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -96,6 +98,8 @@ CACHE_FILE = "embcache.sqlite"
 MODES = ("hybrid", "dense", "lexical")
 RRF_K = 60          # the usual constant of reciprocal rank fusion: damps the difference between top ranks
 LEXICAL_WEIGHT = 0.5  # the lexical list's share in the fusion (the dense list's is 1): measured, docs/retrieval.md
+EXPANSION_WEIGHT = 0.5  # the share of the list from the LLM's code sketch (expansion.py): measured, same doc
+EXPANSION_NAME_WEIGHT = 0.5  # the share of the list of exact API names (`pickle_dumps`) from the same sketch
 CANDIDATES = 40     # chunks each side proposes before fusion
 DUPLICATE_JACCARD = 0.8  # word-trigram overlap above which a chunk repeats a better-ranked one
 # Below this cosine (question vs best chunk) nothing retrieved is about the question: answer with REFUSAL.
@@ -348,13 +352,15 @@ def chat_token_ids(tokenizer, messages: List[dict], plain=None) -> Optional[List
 class RAG:
     def __init__(self, llm, embedder, index=None, store: Optional[DocStore] = None,
                  chunker: Optional[Chunker] = None, mode: str = "hybrid", min_score: float = MIN_SCORE,
-                 source_tokens: Optional[int] = SOURCE_TOKENS, cite: bool = True):
+                 source_tokens: Optional[int] = SOURCE_TOKENS, cite: bool = True, expand: bool = False):
         """index: a VectorIndex, or a folder path (created if needed) holding the index, SQLite store and
         embedding cache. With a VectorIndex and no store, the store lives in memory.
         mode: "hybrid" (dense + lexical, fused), "dense" or "lexical". min_score: see MIN_SCORE.
         source_tokens: each source is cut to its paragraphs most about the question within this many LLM
         tokens (see `excerpt`; None: whole chunks). cite: end an answer that cites no source with the sources
-        its wording comes from (`citation_line`)."""
+        its wording comes from (`citation_line`). expand: with an LLM, also search for the APIs its Python code
+        sketch for the question names (expansion.py; about 20 generated tokens per question; `edgeai ask` turns
+        it on: its default documents are Python's)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if source_tokens is not None and (not isinstance(source_tokens, int) or source_tokens < 16):
@@ -363,6 +369,9 @@ class RAG:
         self.mode, self.min_score = mode, float(min_score)
         self.source_tokens = source_tokens
         self.cite = bool(cite)
+        self.expand = bool(expand)
+        self._sketches: dict = {}  # question -> sketch, so one ask's several retrievals generate it once
+        self._sketch_lock = threading.Lock()
         self.folder: Optional[Path] = None
         if index is None or isinstance(index, (str, os.PathLike)):
             if index is not None:
@@ -485,6 +494,41 @@ class RAG:
         return len(ids)
 
     # --- asking -----------------------------------------------------------------------------------------------
+    def sketch(self, question: str) -> str:
+        """The LLM's short code sketch for the question (expansion.py), "" without an LLM or with expand off.
+        Greedy, so the same question always gives the same sketch; the last few are kept."""
+        if not self.expand or self.llm is None:
+            return ""
+        key = question.strip()
+        with self._sketch_lock:
+            text = self._sketches.get(key)
+        if text is None:
+            from . import expansion
+            tok = getattr(self.llm, "tokenizer", None)
+            kw = dict(max_new_tokens=expansion.MAX_TOKENS, temperature=0.0, stop=expansion.STOP)
+            ids = None
+            if hasattr(self.llm, "stream") and getattr(tok, "_tok", None) is not None:
+                ids = chat_token_ids(tok, expansion.messages(key), plain_copy(tok))
+            if ids is not None:  # the assistant's turn starts as a code block (expansion.PREFIX)
+                ids = ids + list(plain_copy(tok).encode(expansion.PREFIX, add_special_tokens=False).ids)
+                pieces = self.llm.stream(ids, **kw)
+            else:
+                pieces = self.llm.chat(expansion.messages(key), stream=True, **kw)
+            try:
+                text = expansion.complete(pieces)
+            finally:
+                getattr(pieces, "close", lambda: None)()
+            with self._sketch_lock:
+                if len(self._sketches) >= 16:
+                    self._sketches.pop(next(iter(self._sketches)))
+                self._sketches[key] = text
+        return text
+
+    def forget_sketches(self) -> None:
+        """Drop the kept sketches (a timed ask then generates its own: `eval rag`'s latency)."""
+        with self._sketch_lock:
+            self._sketches.clear()
+
     def retrieve(self, question: str, k: int = 4, filter=None, mode: Optional[str] = None,
                  candidates: int = CANDIDATES) -> List[Tuple[dict, float]]:
         """The k best chunks as (chunk dict, cosine score), best first; see the module docstring."""
@@ -504,11 +548,22 @@ class RAG:
                 ranked[h.id] = ranked.get(h.id, 0.0) + 1.0 / (RRF_K + r + 1)
                 cosine[h.id] = h.score
         if mode != "dense":
-            lex = self.store.search_lexical(question, n_cand if filter is None else 4 * n_cand)
-            if filter is not None:
-                lex = [(i, s) for i, s in lex if i in self.index and _passes(filter, self.index.get_metadata(i))]
-            for r, (i, _) in enumerate(lex[:n_cand]):
-                ranked[i] = ranked.get(i, 0.0) + LEXICAL_WEIGHT / (RRF_K + r + 1)
+            # each lexical search over-fetches under a filter, which it cannot apply itself
+            lexical = [(LEXICAL_WEIGHT, lambda n: self.store.search_lexical(question, n))]
+            sketch = self.sketch(question)
+            if sketch:
+                from .expansion import names, terms
+                # only APIs these documents mention: a sketch for documents about something else (the Debian
+                # FAQ: `subprocess.run(['sudo', 'apt', ...])`) names nothing they hold, and adds nothing
+                api = [n for n in names(sketch) if self.store.search_terms(terms([n], whole=True) or terms([n]), 1)]
+                lexical += [(EXPANSION_WEIGHT, lambda n: self.store.search_terms(terms(api), n)),
+                            (EXPANSION_NAME_WEIGHT, lambda n: self.store.search_terms(terms(api, whole=True), n))]
+            for weight, search in lexical:
+                hits = search(n_cand if filter is None else 4 * n_cand)
+                if filter is not None:
+                    hits = [(i, s) for i, s in hits if i in self.index and _passes(filter, self.index.get_metadata(i))]
+                for r, (i, _) in enumerate(hits[:n_cand]):
+                    ranked[i] = ranked.get(i, 0.0) + weight / (RRF_K + r + 1)
         order = sorted(ranked, key=lambda i: -ranked[i])
         chunks = self.store.get_chunks(order[:max(n_cand, 4 * k)])
         out: List[Tuple[dict, float]] = []
