@@ -249,6 +249,11 @@ def needs_citation(text: str, n_sources: int) -> bool:
     return n_sources > 0 and not is_refusal(text) and not any(1 <= n <= n_sources for n in citations_in(text))
 
 
+# A heading's parameter list in a source's title: `class json.JSONEncoder(*, skipkeys=False, ...)` is ~35 prompt
+# tokens that name no topic (the chunk's own heading line keeps its signature in the text)
+_PARAMS = re.compile(r"(?<=\w)\((?=.{4,}\)).*\)(?=\s*(?:->.*)?$)")
+
+
 def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -599,7 +604,8 @@ class RAG:
             section = " > ".join(chunk["section"])
             # The file's name, not its path: where the index lives must not change the prompt (or the answer)
             name = Path(chunk["path"]).name
-            head = f'<source id="{n}" title="{_attr(name + (": " + section if section else ""))}">\n'
+            title = " > ".join(_PARAMS.sub("(...)", h) for h in chunk["section"])
+            head = f'<source id="{n}" title="{_attr(name + (": " + title if title else ""))}">\n'
             body = defuse(chunk["text"])  # before excerpt: quarantined text takes none of the source's budget
             if self.source_tokens:
                 body = excerpt(body, question, self.source_tokens,
