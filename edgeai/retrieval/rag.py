@@ -62,7 +62,7 @@ import numpy as np
 
 from .chunker import Chunker
 from .defuse import defuse
-from .docstore import DocStore
+from .docstore import TITLE_PARAMS, DocStore
 from .embedder import PROGRESS_THRESHOLD
 from .index import VectorIndex
 from .loaders import EXTRACT_VERSION, load_paths
@@ -247,11 +247,6 @@ def attribute(answer: str, retrieved: List[Tuple[dict, float]]) -> List[int]:
 def needs_citation(text: str, n_sources: int) -> bool:
     """An answer that names no given source and is not a refusal gets an attributed source line."""
     return n_sources > 0 and not is_refusal(text) and not any(1 <= n <= n_sources for n in citations_in(text))
-
-
-# A heading's parameter list in a source's title: `class json.JSONEncoder(*, skipkeys=False, ...)` is ~35 prompt
-# tokens that name no topic (the chunk's own heading line keeps its signature in the text)
-_PARAMS = re.compile(r"(?<=\w)\((?=.{4,}\)).*\)(?=\s*(?:->.*)?$)")
 
 
 def _attr(text: str) -> str:
@@ -604,7 +599,9 @@ class RAG:
             section = " > ".join(chunk["section"])
             # The file's name, not its path: where the index lives must not change the prompt (or the answer)
             name = Path(chunk["path"]).name
-            title = " > ".join(_PARAMS.sub("(...)", h) for h in chunk["section"])
+            # a heading's parameter list (`class json.JSONEncoder(*, skipkeys=False, ...)`) is ~35 prompt tokens
+            # that name no topic; the chunk's own heading line keeps its signature in the text
+            title = " > ".join(TITLE_PARAMS.sub("(...)", h) for h in chunk["section"])
             head = f'<source id="{n}" title="{_attr(name + (": " + title if title else ""))}">\n'
             body = defuse(chunk["text"])  # before excerpt: quarantined text takes none of the source's budget
             if self.source_tokens:
